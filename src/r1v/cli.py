@@ -119,6 +119,42 @@ def chat(
         _fail(e)
 
 
+@app.command(name="eval")
+def eval_(
+    benchmark: Annotated[str, typer.Option(help="k12, math500, aime24, mathvista, mmmu, mathverse, mmk12.")],
+    data: Annotated[Path, typer.Option(help="The benchmark's local files (folder or file).")],
+    model: Annotated[str, typer.Option(help="A model folder or preset.")] = "smol",
+    out: Annotated[Path, typer.Option(help="Folder for run files and the report.")] = Path("runs/eval"),
+    runs: Annotated[int, typer.Option(help="Independent sampling runs; pass@1 is averaged over them (R1V: 5).")] = 1,
+    prompt: Annotated[str, typer.Option(help="'r1v' (boxed-answer prompt, spec 4.4) or 'benchmark' (its own).")] = "r1v",
+    limit: Annotated[int | None, typer.Option(help="Only the first N items.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per generate call.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="New-token limit (thinking + answer).")] = 4096,
+    max_think_tokens: Annotated[int | None, typer.Option(help="Thinking budget before </think> is forced.")] = None,
+    no_think: Annotated[bool, typer.Option("--no-think", help="Answer without a thinking phase.")] = False,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.6,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
+    repetition_penalty: Annotated[float, typer.Option(help="Repetition penalty.")] = 1.05,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    judge_url: Annotated[str | None, typer.Option(help="Optional OpenAI-compatible judge endpoint.")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="Model name for the judge.")] = None,
+) -> None:
+    """Generate answers for a benchmark and score them with its own rule (resumable)."""
+    from r1v.eval.report import markdown
+    from r1v.eval.runner import EvalConfig, evaluate
+
+    cfg = EvalConfig(model=model, benchmark=benchmark, data=data, out=out, runs=runs, prompt=prompt,  # type: ignore[arg-type]
+                     limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                     max_think_tokens=max_think_tokens, think=not no_think, temperature=temperature, top_p=top_p,
+                     repetition_penalty=repetition_penalty, seed=seed, judge_url=judge_url, judge_model=judge_model)
+    try:
+        summary = evaluate(cfg)
+    except R1VError as e:
+        _fail(e)
+    typer.echo(markdown(summary))
+    typer.echo(f"wrote {out / 'report.json'}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the report and plots.")] = Path("runs/demo"),
