@@ -81,6 +81,28 @@ def convert(
 
 
 @app.command()
+def score(
+    benchmark: Annotated[str, typer.Option(help="mmmu, mathvista, mathverse, k12 (or mmk12), math500, aime24.")],
+    outputs: Annotated[Path, typer.Option(help="Model outputs: a file, or a folder (MMMU <model>/<Subject>/output.json).")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report (items, problems) as JSON.")] = None,
+    gold: Annotated[Path | None, typer.Option(help="Gold answers file (needed when the outputs carry no answers).")] = None,
+    judge_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint of an optional LLM judge.")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="Model name for the judge.")] = None,
+) -> None:
+    """Score existing outputs with the benchmark's official rule; prints accuracy and per-category tables."""
+    from r1v.eval.score import render_report, score_outputs, write_json
+
+    try:
+        report = score_outputs(benchmark, outputs, gold=gold, judge_url=judge_url, judge_model=judge_model)
+    except R1VError as e:
+        _fail(e)
+    render_report(report)
+    if json_out is not None:
+        write_json(report, json_out)
+        typer.echo(f"wrote {json_out}")
+
+
+@app.command()
 def assets(
     home: Annotated[Path | None, typer.Option(help="Cache folder (default: $R1V_HOME or ~/.cache/r1v).")] = None,
 ) -> None:
