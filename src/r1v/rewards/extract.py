@@ -82,9 +82,9 @@ def last_boxed(text: str) -> str | None:
 
 
 def _clean_line_answer(ans: str) -> str:
-    ans = ans.strip()
-    ans = re.sub(r"^\*+|\*+$", "", ans).strip()  # markdown bold
-    ans = ans.rstrip(".。").strip()
+    for _ in range(2):  # "**17**." -> "17"
+        ans = ans.strip().rstrip(".。").strip()
+        ans = re.sub(r"^\*+|\*+$", "", ans).strip()  # markdown bold
     if len(ans) >= 2 and ans[0] == "$" and ans[-1] == "$":
         ans = ans.strip("$").strip()
     return ans
@@ -153,7 +153,8 @@ def _match_option_text(s: str, choices: list[str], valid: str) -> str | None:
         return valid[exact[0]]
     best, best_key = None, (-1, -1)
     for i, t in enumerate(texts):
-        pos = norm.rfind(t) if t else -1
+        hits = [m.start() for m in re.finditer(r"(?<!\w)" + re.escape(t) + r"(?!\w)", norm)] if t else []
+        pos = hits[-1] if hits else -1  # whole-word mention only: option "r" is not in "answer"
         # the option mentioned last wins; at the same end ("13" vs "3") the longer text wins
         key = (pos + len(t), len(t))
         if pos >= 0 and key > best_key:

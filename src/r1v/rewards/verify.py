@@ -38,7 +38,7 @@ from typing import Any
 
 from r1v.rewards.extract import last_boxed
 
-_ENV_RE = re.compile(r"\\boxed|\\fbox|\$|\\\(|\\\[")
+_ENV_RE = re.compile(r"\\boxed|\\fbox|(?<!\\)\$|\\\(|\\\[")  # an escaped \$ is a dollar sign
 _NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+")
 _INT_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)")
 _SPACE_CMDS_RE = re.compile(r"\\left|\\right|\\[,;:! ]|\\displaystyle|\s+")

@@ -1,0 +1,146 @@
+"""Rewards by name or by plug-in file, and weighted combinations of them.
+
+A spec is either a built-in name (`"accuracy"`, `"format"`, `"length"`, `"repetition"`, `"hybrid"`,
+`"r1v"`), a plug-in `"path/to/file.py:function"` (loaded from the file with importlib; the function
+has the reward signature `fn(completion: str, columns: dict) -> dict[str, float] | float`), or a
+callable. Keyword parameters given to `get_reward` are bound to the function (`get_reward("length",
+max_tokens=4096)`). Every reward returned here gives a dict with "overall"; a plug-in returning a plain
+number is wrapped as `{"overall": x}`.
+
+`combine([("accuracy", 1.0), ("format", 0.5), ("length", 1.0, {"max_tokens": 4096})])` returns one reward
+whose "overall" is the weighted sum and whose parts are `<name>` (that reward's overall) and
+`<name>/<part>` (its other parts).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from r1v.errors import ConfigError, R1VError
+from r1v.rewards import rules
+from r1v.rewards.rules import Parts, RewardFn
+
+REWARDS: dict[str, RewardFn] = {
+    "accuracy": rules.accuracy_reward,
+    "format": rules.format_reward,
+    "length": rules.length_penalty,
+    "repetition": rules.repetition_penalty,
+    "hybrid": rules.hybrid_reward,
+    "r1v": rules.r1v_reward,
+}
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator adding a reward to the built-in names."""
+    def add(fn: RewardFn) -> RewardFn:
+        REWARDS[name] = fn
+        return fn
+    return add
+
+
+def _load_plugin(spec: str) -> Callable[..., Any]:
+    path_s, _, func_name = spec.rpartition(":")
+    path = Path(path_s).expanduser()
+    if not func_name or not path_s:
+        raise R1VError(f"reward plug-in {spec!r}: expected 'path/file.py:function'")
+    if not path.is_file():
+        raise R1VError(f"reward plug-in {spec!r}: file {path} not found")
+    mod_name = f"r1v_reward_plugin_{abs(hash(str(path.resolve())))}"
+    mod_spec = importlib.util.spec_from_file_location(mod_name, path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise R1VError(f"reward plug-in {spec!r}: {path} cannot be imported as a Python file")
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[mod_name] = module  # lets the plug-in pickle its own functions / dataclasses
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(mod_name, None)
+        raise R1VError(f"reward plug-in {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    fn = getattr(module, func_name, None)
+    if fn is None:
+        known = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise R1VError(f"reward plug-in {spec!r}: {path} has no function {func_name!r} (it defines: "
+                       f"{', '.join(known) or 'nothing callable'})")
+    if not callable(fn):
+        raise R1VError(f"reward plug-in {spec!r}: {func_name!r} in {path} is not a function")
+    return fn
+
+
+def _checked(fn: Callable[..., Any], name: str) -> RewardFn:
+    """Wrap a reward so it always returns a dict with a float "overall" (or fails naming `name`)."""
+    @functools.wraps(fn)
+    def reward(completion: str, columns: dict[str, Any]) -> Parts:
+        out = fn(completion, columns)
+        if isinstance(out, (int, float)) and not isinstance(out, bool):
+            return {"overall": float(out)}
+        if isinstance(out, Mapping) and "overall" in out:
+            return {k: float(v) for k, v in out.items()}
+        raise R1VError(f"reward {name!r} returned {type(out).__name__}; expected a number or a dict with 'overall'")
+    return reward
+
+
+def get_reward(spec: str | Callable[..., Any], **params: Any) -> RewardFn:
+    """A reward function from a name, a `file.py:function` plug-in or a callable, with `params` bound."""
+    if callable(spec):
+        fn, name = spec, getattr(spec, "__name__", repr(spec))
+    elif isinstance(spec, str) and spec in REWARDS:
+        fn, name = REWARDS[spec], spec
+    elif isinstance(spec, str) and ":" in spec:
+        fn, name = _load_plugin(spec), spec
+    else:
+        raise ConfigError(f"unknown reward {spec!r}: use one of {', '.join(sorted(REWARDS))} "
+                          "or 'path/file.py:function'")
+    if params:
+        sig = inspect.signature(fn)
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+        unknown = [k for k in params if k not in sig.parameters and not takes_any]
+        if unknown:
+            raise ConfigError(f"reward {name!r} has no parameter(s) {', '.join(unknown)}; "
+                              f"it takes: {', '.join(list(sig.parameters)[2:]) or 'none'}")
+        fn = functools.partial(fn, **params)
+    return _checked(fn, name)
+
+
+def _spec_name(spec: str | Callable[..., Any]) -> str:
+    if callable(spec):
+        return getattr(spec, "__name__", "reward")
+    return spec.rpartition(":")[2] if ":" in spec and spec not in REWARDS else spec
+
+
+SpecItem = tuple[Any, float] | tuple[Any, float, dict[str, Any]]
+
+
+def combine(specs_with_weights: Iterable[SpecItem] | Mapping[str, float]) -> RewardFn:
+    """One reward: overall = sum(weight * reward.overall); parts `<name>` and `<name>/<part>`."""
+    items = list(specs_with_weights.items()) if isinstance(specs_with_weights, Mapping) else list(specs_with_weights)
+    if not items:
+        raise ConfigError("combine() needs at least one reward")
+    built: list[tuple[str, float, RewardFn]] = []
+    for item in items:
+        if not isinstance(item, tuple) or len(item) not in (2, 3):
+            raise ConfigError(f"reward entry {item!r}: expected (spec, weight) or (spec, weight, params)")
+        spec, weight = item[0], float(item[1])
+        params = item[2] if len(item) == 3 else {}
+        name = _spec_name(spec)
+        if any(n == name for n, _, _ in built):
+            name = f"{name}_{len(built)}"
+        built.append((name, weight, get_reward(spec, **params)))
+
+    def combined(completion: str, columns: dict[str, Any]) -> Parts:
+        out: Parts = {"overall": 0.0}
+        for name, weight, fn in built:
+            parts = fn(completion, columns)
+            out["overall"] += weight * parts["overall"]
+            out[name] = parts["overall"]
+            for k, v in parts.items():
+                if k != "overall":
+                    out[f"{name}/{k}"] = v
+        return out
+
+    return combined
