@@ -21,6 +21,8 @@ Formats (path may be the file or the folder holding it):
   versions use the same fields with `image` a relative path (JSON) or an image cell (HF parquet, which
   also has `question_for_eval`).
 - mmk12: Hugging Face parquet export (id, question, answer, subject, image {bytes,path}).
+- synthetic: a rendered task set written by `r1v.data.synthetic.write_task_set` (`tasks.jsonl` + images);
+  its samples carry scenes, so the hallucination rate is measured on them.
 
 Images that are referenced but missing raise `DataError` unless `missing_images="drop"`, which keeps
 the sample without them and lists them in `meta["missing_images"]` (used for MathVista testmini here,
@@ -345,6 +347,17 @@ def _load_mmk12(path: Path, missing: MissingImages) -> Iterator[Sample]:
                       subject=rec.get("subject"), **extra)
 
 
+def _load_synthetic(path: Path, missing: MissingImages) -> Iterator[Sample]:
+    from r1v.data.sources import read_jsonl
+
+    f = _find(path, ("tasks.jsonl",), "synthetic")
+    for s in read_jsonl(f):
+        s.meta.setdefault("benchmark", "synthetic")
+        s.meta.setdefault("mcq", False)
+        s.meta.setdefault("question_type", "free_form")
+        yield s
+
+
 LOADERS: dict[str, Callable[[Path, MissingImages], Iterator[Sample]]] = {
     "k12": _load_k12,
     "math500": _load_math500,
@@ -353,6 +366,7 @@ LOADERS: dict[str, Callable[[Path, MissingImages], Iterator[Sample]]] = {
     "mmmu": _load_mmmu,
     "mathverse": _load_mathverse,
     "mmk12": _load_mmk12,
+    "synthetic": _load_synthetic,
 }
 ALIASES = {"math-500": "math500", "math_500": "math500", "aime": "aime24", "aime2024": "aime24",
            "mathvista_testmini": "mathvista", "mmmu_val": "mmmu"}
