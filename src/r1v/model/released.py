@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig
 from transformers import InternVLVisionModel as _VisionModel
+from transformers.utils import logging as hf_logging
 
 from r1v.errors import ModelError
 from r1v.model.tokens import add_image_tokens
@@ -223,16 +224,19 @@ def vision_config_to_hf(vc: dict) -> InternVLVisionConfig:
     )
 
 
+_VISION_FILLER = {"initializer_factor": 1.0, "dropout": 0.0, "attention_dropout": 0.0, "drop_path_rate": 0.0,
+                  "use_flash_attn": False}
+
+
 def vision_config_to_released(v: InternVLVisionConfig) -> dict:
+    """The InternViT config fields that matter (no training-only filler)."""
     return {
         "architectures": ["InternVisionModel"], "model_type": "intern_vit_6b",
         "hidden_size": v.hidden_size, "num_hidden_layers": v.num_hidden_layers,
         "num_attention_heads": v.num_attention_heads, "intermediate_size": v.intermediate_size,
         "image_size": _first(v.image_size), "patch_size": _first(v.patch_size), "num_channels": v.num_channels,
         "qkv_bias": v.attention_bias, "qk_normalization": v.use_qk_norm, "norm_type": v.norm_type,
-        "layer_norm_eps": v.layer_norm_eps, "hidden_act": v.hidden_act, "initializer_range": v.initializer_range,
-        "initializer_factor": 1.0, "dropout": 0.0, "attention_dropout": 0.0, "drop_path_rate": 0.0,
-        "use_flash_attn": False,
+        "layer_norm_eps": v.layer_norm_eps, "hidden_act": v.hidden_act,
     }
 
 
@@ -306,8 +310,7 @@ def config_to_released(config: InternVLConfig, spec: ProcessingSpec, base: dict 
     llm.setdefault("architectures", [f"{type(t).__name__.removesuffix('Config')}ForCausalLM"])
     llm["tie_word_embeddings"] = bool(config.tie_word_embeddings)
     vision = vision_config_to_released(config.vision_config)
-    if base and "vision_config" in base:
-        vision = {**base["vision_config"], **vision}
+    vision = {**base["vision_config"], **vision} if base and "vision_config" in base else {**vision, **_VISION_FILLER}
     out.update({
         "vision_config": vision, "llm_config": llm, "downsample_ratio": config.downsample_ratio,
         "force_image_size": spec.tile_size, "dynamic_image_size": spec.max_tiles > 1,
@@ -336,10 +339,14 @@ def load_released(folder: str | Path, dtype: torch.dtype | None = None):
 
     folder = Path(folder)
     cfg = _read_config(folder)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # AutoTokenizer reads config.json and warns about the remote model_type
     try:
         tok = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as e:
         raise ModelError(f"{folder}: no usable tokenizer ({e})") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
     added = add_image_tokens(tok)
     config, spec = config_to_hf(cfg, tok.convert_tokens_to_ids(IMG_CONTEXT), f"{folder}/config.json")
     spec = ProcessingSpec.from_dict({**spec.to_dict(), "template": template_from_released(cfg.get("template"), tok)})
