@@ -331,9 +331,9 @@ def read_llava(path: str | Path, **kwargs: Any) -> list[Sample]:
     strict = kwargs.get("strict", True)
     samples = read_samples(path, **kwargs)
     keep = []
-    for i, s in enumerate(samples):
+    for s in samples:
         if not any(m.role == "assistant" for m in s.messages):
-            err = DataError("conversation has no gpt turn", source=str(path), record=i, field="conversations")
+            err = DataError("conversation has no gpt turn", source=str(path), record=s.id, field="conversations")
             if strict:
                 raise err
             if problems is not None:
