@@ -1,0 +1,210 @@
+"""Training state and atomic checkpoints that a killed run resumes from exactly.
+
+A checkpoint is a folder `OUT/checkpoints/step-00000012/`:
+
+    trainable.safetensors   trainable weights (what resume loads; frozen parts come from the base model)
+    model/                  optional full model folder written by the stage's `export_fn` (hand-off)
+    optimizer.pt            optimiser state (`optimizer-rank{r}.pt` per process when it is sharded)
+    scheduler.pt            lr scheduler state
+    rng/rank-{r}.pt         python, numpy, torch (and cuda) RNG states of every process
+    extra.pt                the stage's `extra` dict (e.g. a running mean), saved with torch.save
+    state.json              step, epoch, position in the epoch, sampler seed, samples seen
+
+Atomicity: everything is written into `checkpoints/.tmp-step-...` beside the final folder and then
+moved into place with `os.replace`, so a run killed mid-save leaves either the previous checkpoints or
+the new one, never a half-written one. `latest_checkpoint` ignores temporary folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from r1v.errors import R1VError
+
+CHECKPOINTS = "checkpoints"
+PREFIX = "step-"
+
+
+@dataclass
+class TrainState:
+    """Where a run is: optimiser steps done, data position and the stage's own `extra` state."""
+
+    step: int = 0
+    """Optimiser steps done."""
+    epoch: int = 0
+    step_in_epoch: int = 0
+    """Optimiser steps done inside `epoch` (the data position)."""
+    data_seed: int = 0
+    """The sampler order of epoch e is a permutation seeded by data_seed + e."""
+    samples_seen: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:08d}"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under `out_dir/checkpoints`, oldest first."""
+    root = Path(out_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").exists()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    found = list_checkpoints(out_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(out_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints; returns the deleted folders."""
+    found = list_checkpoints(out_dir)
+    doomed = found[:-keep_last] if keep_last > 0 else found
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def capture_rng() -> dict[str, Any]:
+    """The RNG states of this process."""
+    states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                              "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def _rank_world(accelerator: Any) -> tuple[int, int]:
+    if accelerator is None:
+        return 0, 1
+    return accelerator.process_index, accelerator.num_processes
+
+
+def _barrier(accelerator: Any) -> None:
+    if accelerator is not None and accelerator.num_processes > 1:
+        accelerator.wait_for_everyone()
+
+
+def _optimizer_is_sharded(accelerator: Any) -> bool:
+    if accelerator is None:
+        return False
+    return str(accelerator.distributed_type) in ("DistributedType.FSDP", "DistributedType.DEEPSPEED", "FSDP",
+                                                 "DEEPSPEED")
+
+
+def save_checkpoint(out_dir: str | Path, state: TrainState, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, accelerator: Any = None,
+                    export_fn: Callable[[nn.Module, Path], None] | None = None,
+                    keep_last: int = 2, config: dict | None = None) -> Path:
+    """Write a checkpoint for `state` atomically; every process must call it. Returns the final folder."""
+    from safetensors.torch import save_file
+
+    rank, world = _rank_world(accelerator)
+    root = Path(out_dir) / CHECKPOINTS
+    final = root / checkpoint_name(state.step)
+    tmp = root / f".tmp-{final.name}"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover from a run killed while saving
+        (tmp / "rng").mkdir(parents=True)
+    _barrier(accelerator)
+
+    bare = accelerator.unwrap_model(model) if accelerator is not None else model
+    names = set(trainable_names(bare))
+    full = accelerator.get_state_dict(model) if accelerator is not None else model.state_dict()
+    if rank == 0:
+        weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in full.items() if k in names}
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        if export_fn is not None:
+            export_fn(bare, tmp / "model")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        payload = {k: v for k, v in asdict(state).items() if k != "extra"}
+        (tmp / "state.json").write_text(json.dumps(payload, indent=2) + "\n")
+        torch.save(state.extra, tmp / "extra.pt")
+        if config is not None:
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    if _optimizer_is_sharded(accelerator):
+        torch.save(optimizer.state_dict(), tmp / f"optimizer-rank{rank}.pt")
+    elif rank == 0:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(capture_rng(), tmp / "rng" / f"rank-{rank}.pt")
+    _barrier(accelerator)
+
+    if rank == 0:
+        old = None
+        if final.exists():  # re-saving the same step: move the old copy aside, then drop it
+            old = root / f".old-{final.name}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(out_dir, keep_last)
+    _barrier(accelerator)
+    return final
+
+
+def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None, accelerator: Any = None) -> TrainState:
+    """Load a checkpoint into `model` (trainable weights), optimiser, scheduler and this process's RNG.
+
+    Weights are copied in place into the existing parameters, so call it after `accelerator.prepare`.
+    The world size must match the one that wrote the checkpoint when RNG or optimiser state is per process.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "state.json").exists():
+        raise R1VError(f"{path}: not a complete checkpoint (no state.json)")
+    rank, world = _rank_world(accelerator)
+    bare = accelerator.unwrap_model(model) if accelerator is not None else model
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(bare.named_parameters())
+    expected = set(trainable_names(bare))
+    if set(weights) != expected:
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        raise R1VError(f"{path}: trainable weights do not match the model's trainable parameters "
+                       f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was the policy changed?")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    if optimizer is not None:
+        sharded = path / f"optimizer-rank{rank}.pt"
+        source = sharded if sharded.exists() else path / "optimizer.pt"
+        optimizer.load_state_dict(torch.load(source, map_location="cpu", weights_only=False))
+    if scheduler is not None:
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng = path / "rng" / f"rank-{rank}.pt"
+    if not rng.exists():
+        raise R1VError(f"{path}: no RNG state for process {rank}; resume with the same number of processes "
+                       f"that wrote it (now {world})")
+    restore_rng(torch.load(rng, weights_only=False))
+    info = json.loads((path / "state.json").read_text())
+    extra = torch.load(path / "extra.pt", weights_only=False) if (path / "extra.pt").exists() else {}
+    return TrainState(**info, extra=extra)
