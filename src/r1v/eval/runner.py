@@ -4,8 +4,9 @@
 
 Flow: load the benchmark's local files as Samples -> wrap each question in the evaluation prompt (R1V's
 boxed-answer prompt, spec 4.4, or the benchmark's own) -> batched generation with thinking -> one output file
-per run in the benchmark's official output format (`run_<k>.jsonl`, appended batch by batch, so a crash keeps
-every finished item and a rerun continues where it stopped) -> the same scorer as `r1v score` -> pass@1
+per run (`run_<k>.jsonl`, appended batch by batch, so a crash keeps every finished item and a rerun continues
+where it stopped) -> the benchmark's official output format (`run_<k>.official.json`) -> the same scorer as
+`r1v score` (so any run can be re-scored with `r1v score --outputs run_<k>.official.json`) -> pass@1
 averaged over runs with a 95% confidence interval, thinking-length statistics, the share of outputs cut off by
 the length limit, the hallucination rate (see `r1v.eval.hallucination`) -> report.json, report.md, PNG plots.
 
@@ -34,7 +35,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from r1v.data.schema import Message, Sample
+from r1v.data.schema import Sample
 from r1v.errors import ConfigError, DataError
 
 
@@ -69,18 +70,6 @@ class EvalConfig:
             raise ConfigError("max_new_tokens must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("limit must be >= 1")
-
-
-# ----------------------------------------------------------------------------------------- prompts
-
-
-def prompted(sample: Sample, style: str) -> Sample:
-    """The sample with its question wrapped in the evaluation prompt (`r1v` or the benchmark's own)."""
-    from r1v.data.benchmarks import benchmark_prompt, r1v_prompt
-
-    text = r1v_prompt(sample) if style == "r1v" else benchmark_prompt(sample)
-    msgs = [m for m in sample.prompt_messages() if m.role == "system"] + [Message("user", text)]
-    return Sample(id=sample.id, messages=msgs, images=sample.images, answer=sample.answer, meta=sample.meta)
 
 
 # ------------------------------------------------------------------------------------- output files
@@ -217,7 +206,7 @@ def generate_run(engine, samples: list[Sample], path: Path, cfg: EvalConfig, run
 def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
              console: Console | None = None) -> dict[str, Any]:
     """Run the whole evaluation; returns the report dict (also written to `cfg.out/report.json`)."""
-    from r1v.data.benchmarks import load_benchmark
+    from r1v.data.benchmarks import load_benchmark, with_prompt
     from r1v.eval.hallucination import hallucination_report
     from r1v.eval.report import write_eval_report
     from r1v.eval.score import score_generated
@@ -227,7 +216,7 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
     samples = load_benchmark(cfg.benchmark, cfg.data, limit=cfg.limit)
     if not samples:
         raise DataError("no samples loaded", source=str(cfg.data))
-    samples = [prompted(s, cfg.prompt) for s in samples]
+    samples = [with_prompt(s, cfg.prompt) for s in samples]
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "config.json").write_text(json.dumps(_jsonable(cfg.__dict__), indent=2))
     if engine is None:
@@ -242,7 +231,8 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
     with _progress(console) as progress:
         for run in range(cfg.runs):
             records = generate_run(engine, samples, cfg.out / f"run_{run + 1}.jsonl", cfg, run, progress)
-            report = score_fn(cfg.benchmark, records, samples, judge_url=cfg.judge_url, judge_model=cfg.judge_model)
+            report = score_fn(cfg.benchmark, records, cfg.out / f"run_{run + 1}.official.json",
+                              judge_url=cfg.judge_url, judge_model=cfg.judge_model)
             by_id = {s.id: s for s in samples}
             completions = [r["response"] for r in records]
             hall = hallucination_report([by_id[r["id"]] for r in records], completions)

@@ -93,6 +93,40 @@ def score_outputs(benchmark: str, outputs: Path, *, gold: Path | None = None, ju
     return _SCORERS[name](outputs, gold, judge, workers)
 
 
+def official_records(benchmark: str, records: list[dict[str, Any]]) -> Any:
+    """Generated records (`r1v eval` run files: id, response, answer, meta) in the benchmark's official
+    output format, so they are scored by exactly the code that scores other models' outputs."""
+    name = benchmark.lower().replace("-", "").replace("_", "")
+    if name == "mmmu":
+        return [{"id": r["id"], "question_type": r["meta"].get("question_type", "multiple-choice"),
+                 "answer": r["answer"], "all_choices": r["meta"].get("all_choices", []),
+                 "index2ans": r["meta"].get("index2ans", {}), "response": r["response"]} for r in records]
+    if name == "mathvista":
+        out = {}
+        for r in records:
+            m = r["meta"]
+            out[r["id"]] = {"pid": r["id"], "response": r["response"], "answer": r["answer"],
+                            "choices": m.get("choices"), "question_type": m.get("question_type"),
+                            "answer_type": m.get("answer_type"), "precision": m.get("precision"),
+                            "metadata": m.get("metadata", {})}
+        return out
+    flat_keys = ("question_type", "subject", "level", "problem_version", "category")
+    return [{"id": r["id"], "response": r["response"], "answer": r["answer"],
+             **{k: r["meta"][k] for k in flat_keys if k in r["meta"]}} for r in records]
+
+
+def score_generated(benchmark: str, records: list[dict[str, Any]], official_path: Path, *,
+                    judge_url: str | None = None, judge_model: str | None = None,
+                    workers: int | None = None) -> ScoreReport:
+    """Write generated records in the official format to `official_path`, then score that file."""
+    official_path = Path(official_path)
+    official_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = official_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(official_records(benchmark, records), ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.replace(official_path)
+    return score_outputs(benchmark, official_path, judge_url=judge_url, judge_model=judge_model, workers=workers)
+
+
 def write_json(report: ScoreReport, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
