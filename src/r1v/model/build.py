@@ -39,7 +39,7 @@ from transformers.models.internvl.modeling_internvl import InternVLModel, Intern
 
 from r1v.errors import ModelError
 from r1v.model import released
-from r1v.model.presets import TINY_TEXT, get_preset
+from r1v.model.presets import PRESETS, TINY_TEXT, get_preset
 from r1v.model.tokens import add_image_tokens, single_token_id, tiny_tokenizer
 from r1v.processing.spec import IMG_CONTEXT, ProcessingSpec
 
@@ -208,6 +208,8 @@ def load_vlm(target: str | Path, *, device: str = "cpu", dtype: torch.dtype | No
     """Load a preset name or a model folder (ours, plain transformers InternVL, or released layout)."""
     path = Path(target)
     if not path.exists():
+        if str(target) not in PRESETS:
+            raise ModelError(f"{target}: no such folder and not a preset name (presets: {', '.join(PRESETS)})")
         return build_preset(str(target), device=device, dtype=dtype)
     kind = folder_kind(path)
     if kind == "released":
