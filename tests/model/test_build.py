@@ -191,3 +191,21 @@ def test_load_errors(tmp_path):
     _llm_folder(tmp_path / "llm")
     with pytest.raises(ModelError, match="assemble"):
         load_vlm(tmp_path / "llm")
+
+
+@pytest.mark.slow
+def test_smol_preset_real_llm():
+    """SmolLM2-135M-Instruct + the small tower (pretrained if `r1v assets` ran, else random)."""
+    from r1v.errors import AssetError
+
+    try:
+        vlm = load_vlm("smol")
+    except AssetError as e:
+        pytest.skip(str(e))
+    counts = count_params(vlm.model)
+    assert counts["llm"] == 134_546_688  # SmolLM2-135M with the added image/think token rows
+    assert vlm.spec.template == "chatml" and vlm.spec.tokens_per_tile == (vlm.spec.tile_size // 14) ** 2 // 4
+    assert count_params(build_preset("smol", device="meta").model) == counts
+    ids, pix = _inputs(vlm)
+    out = vlm.model.generate(input_ids=ids, pixel_values=pix, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 4
