@@ -222,3 +222,23 @@ def test_bradley_terry() -> None:
     assert m["accuracy"] == 0.5 and m["margin_mean"] == 0.0
     loss_m, _ = bradley_terry_loss(rc, rr, margin=0.5)
     assert loss_m.item() == pytest.approx(-(logsig(0.5) + logsig(-1.5)) / 2, rel=1e-6)
+
+
+def test_selective_log_softmax_gradient_matches_autograd() -> None:
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(2, 6, 13, generator=g)
+    ids = torch.randint(0, 13, (2, 6), generator=g)
+    weight = torch.randn(2, 6, generator=g)
+    a = base.clone().requires_grad_(True)
+    (torch.log_softmax(a, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) * weight).sum().backward()
+    for chunk in (13, 13 * 5, 1 << 20):
+        b = base.clone().requires_grad_(True)
+        (selective_log_softmax(b, ids, chunk_elements=chunk) * weight).sum().backward()
+        assert torch.allclose(b.grad, a.grad, atol=1e-6)
+        assert torch.equal(b.detach(), base)  # backward works on a scratch copy, never in place
+    # non-contiguous slice (the usual logits[:, :-1]) and bf16 keep working
+    c = base.bfloat16().requires_grad_(True)
+    out = selective_log_softmax(c[:, :-1], ids[:, 1:])
+    out.sum().backward()
+    assert c.grad.dtype == torch.bfloat16 and torch.isfinite(c.grad.float()).all()
+    assert (c.grad[:, -1] == 0).all()

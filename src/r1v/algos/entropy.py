@@ -28,8 +28,8 @@ import torch
 
 from r1v.errors import ConfigError
 
-#: default elements per chunk when reducing over the vocabulary (~256 MB of fp32 temporaries).
-CHUNK_ELEMENTS = 1 << 26
+#: default elements per chunk when reducing over the vocabulary (~64 MB of fp32 temporaries).
+CHUNK_ELEMENTS = 1 << 24
 
 DEFAULT_CONNECTIVES: tuple[str, ...] = (
     "wait", "so", "therefore", "thus", "hence", "but", "however", "because", "since", "alternatively",

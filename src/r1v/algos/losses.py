@@ -25,23 +25,54 @@ MPO_WEIGHTS = (0.8, 0.2, 1.0)
 
 
 # ----------------------------------------------------------------------------------------- log-probs
+class _GatherLogSoftmax(torch.autograd.Function):
+    """`log_softmax(logits)[ids]` row chunk by row chunk, saving only logits, ids and logsumexp.
+
+    Plain autograd would keep every fp32 chunk copy of bf16 logits alive until backward (a full fp32
+    `[B, T, V]`); here backward recomputes softmax one chunk at a time.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, ids: torch.Tensor, step: int) -> torch.Tensor:
+        flat, idx = logits.reshape(-1, logits.shape[-1]), ids.reshape(-1, 1)  # [N, V], [N, 1]
+        out = torch.empty(idx.shape[0], dtype=torch.float32, device=logits.device)  # [N]
+        lse = torch.empty_like(out)  # [N]
+        for s in range(0, flat.shape[0], step):
+            lg = flat[s:s + step].float()  # [n, V]
+            lse[s:s + step] = torch.logsumexp(lg, dim=-1)
+            out[s:s + step] = lg.gather(-1, idx[s:s + step]).squeeze(-1) - lse[s:s + step]
+        ctx.save_for_backward(logits, ids, lse)
+        ctx.step = step
+        return out.view(ids.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, ids, lse = ctx.saved_tensors
+        flat, idx = logits.reshape(-1, logits.shape[-1]), ids.reshape(-1, 1)
+        g = grad_out.reshape(-1).float()  # [N]
+        grad = torch.empty_like(flat)  # [N, V] in the logits' dtype
+        step = ctx.step
+        for s in range(0, flat.shape[0], step):
+            gs = g[s:s + step].unsqueeze(-1)  # [n, 1]
+            chunk = flat[s:s + step].to(torch.float32, copy=True)  # [n, V], a scratch copy
+            chunk.sub_(lse[s:s + step].unsqueeze(-1)).exp_().mul_(-gs)  # -softmax * g
+            chunk.scatter_add_(-1, idx[s:s + step], gs)
+            grad[s:s + step].copy_(chunk)
+        return grad.view(logits.shape), None, None
+
+
 def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor,
                           chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
     """`log softmax(logits)[ids]` without materialising the full `[B, T, V]` log-softmax.
 
     logits `[B, T, V]` (any float dtype), ids `[B, T]` -> fp32 `[B, T]`. Rows are processed in chunks
-    in fp32 (`gather - logsumexp`), so peak extra memory is one chunk. Differentiable.
+    in fp32 (`gather - logsumexp`), forward and backward, so peak extra memory is one fp32 chunk
+    (plus the gradient of the logits themselves). Differentiable.
     """
-    vocab = logits.shape[-1]
-    flat, idx = logits.reshape(-1, vocab), ids.reshape(-1, 1)  # [N, V], [N, 1]
-    step = rows_per_chunk(vocab, chunk_elements)
-    parts = []
-    for start in range(0, flat.shape[0], step):
-        lg = flat[start:start + step].float()  # [n, V]
-        parts.append(lg.gather(-1, idx[start:start + step]).squeeze(-1) - torch.logsumexp(lg, dim=-1))
-    if not parts:
-        return flat.new_zeros(ids.shape, dtype=torch.float32)
-    return torch.cat(parts).view(ids.shape)
+    step = rows_per_chunk(logits.shape[-1], chunk_elements)
+    if ids.numel() == 0:
+        return logits.new_zeros(ids.shape, dtype=torch.float32)
+    return _GatherLogSoftmax.apply(logits, ids, step)
 
 
 def logprobs_and_entropy(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None,
