@@ -1,2 +1,10 @@
 """Model: presets with the released shapes, assembly from parts, LLM swap, trainable-part policies,
-the released remote-code layout, and memory planning. Built on transformers' InternVL classes."""
+the released remote-code layout, and memory planning. Built on transformers' InternVL classes.
+
+- `build.py`: `VLM`, `build_preset`, `load_vlm`, `save_model`, `assemble`, `swap_llm`, `set_ps_version`.
+- `presets.py`: `r1v-38b`, `r1v2-38b`, `r1v3-38b` (meta-buildable shapes), `tiny`, `smol`.
+- `released.py`: Skywork-R1V*/InternVL-chat remote-code layout <-> transformers, `convert`.
+- `parts.py`: `POLICIES`, `apply_policy`, `part_of`, `count_params`, `apply_lora`.
+- `inspect.py`: `inspect_target`, `render_inspect` (`r1v inspect`).
+- `tokens.py`: the tiny offline tokenizer and `add_image_tokens`.
+"""
