@@ -61,9 +61,13 @@ def write_released(folder: Path, *, ps_version: str, norm_type: str = "rms_norm"
     D, H = 4 * C, LLM["hidden_size"]
     sd.update({"mlp1.0.weight": 1 + rnd(D), "mlp1.0.bias": rnd(D), "mlp1.1.weight": rnd(H, D), "mlp1.1.bias": rnd(H),
                "mlp1.3.weight": rnd(H, H), "mlp1.3.bias": rnd(H)})
-    llm_cfg = {**LLM, "vocab_size": len(tok), "tie_word_embeddings": tied, "architectures": ["Qwen2ForCausalLM"]}
+    llm_cfg = {**LLM, "vocab_size": len(tok), "tie_word_embeddings": tied}
     torch.manual_seed(seed)
-    llm = Qwen2ForCausalLM(Qwen2Config(**{k: v for k, v in llm_cfg.items() if k != "architectures"}))
+    llm = Qwen2ForCausalLM(Qwen2Config(**llm_cfg))
+    # leftovers real released llm_config dicts carry (remote code, old transformers)
+    llm_cfg.update({"architectures": ["Qwen2ForCausalLM"], "_attn_implementation": "flash_attention_2",
+                    "_name_or_path": "Qwen/QwQ-32B", "torch_dtype": "bfloat16", "rope_scaling": None,
+                    "use_sliding_window": False, "bad_words_ids": None})
     for k, v in llm.state_dict().items():
         if tied and k == "lm_head.weight":
             continue
@@ -141,7 +145,7 @@ def reference_logits(folder: Path, input_ids: torch.Tensor, pixels: torch.Tensor
     tokens = blocks.reshape(n, -1, 4 * C)
     y = F.layer_norm(tokens, (4 * C,), sd["mlp1.0.weight"], sd["mlp1.0.bias"], 1e-5)
     y = F.linear(F.gelu(F.linear(y, sd["mlp1.1.weight"], sd["mlp1.1.bias"])), sd["mlp1.3.weight"], sd["mlp1.3.bias"])
-    llm = Qwen2ForCausalLM(Qwen2Config(**{k: v for k, v in lc.items() if k != "architectures"}))
+    llm = Qwen2ForCausalLM(Qwen2Config(**{k: lc[k] for k in (*LLM, "vocab_size", "tie_word_embeddings")}))
     lm_sd = {k[len("language_model."):]: v for k, v in sd.items() if k.startswith("language_model.")}
     missing = llm.load_state_dict(lm_sd, strict=False).missing_keys
     assert missing == ([] if not lc["tie_word_embeddings"] else ["lm_head.weight"])

@@ -270,7 +270,9 @@ def config_to_hf(cfg: dict, image_token_id: int, src: str = "config.json") -> tu
         archs = lc.get("architectures")
         raise ModelError(f"{src}: llm_config model_type {mtype!r} ({archs}) is not supported; "
                          f"supported LLM families: {', '.join(SUPPORTED_LLMS)}")
-    text = {k: v for k, v in lc.items() if k not in ("architectures", "_name_or_path", "auto_map", "torch_dtype")}
+    # drop remote-code/loader leftovers (e.g. "_attn_implementation": "flash_attention_2" would force flash-attn)
+    text = {k: v for k, v in lc.items() if not k.startswith("_")
+            and k not in ("architectures", "auto_map", "torch_dtype", "attn_implementation")}
     tie = bool(lc.get("tie_word_embeddings", False))
     ratio = float(cfg.get("downsample_ratio", 0.5))
     select = int(cfg.get("select_layer", -1))
