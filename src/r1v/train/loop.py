@@ -100,7 +100,12 @@ def sft_objective() -> Objective:
 def setup_accelerator(cfg: TrainConfig) -> Any:
     """An accelerate `Accelerator` for `cfg`: cpu/gpu, bf16 autocast or fp32, `grad_accum` micro-batches."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState, PartialState
 
+    if PartialState._shared_state and PartialState().num_processes == 1:
+        # one process may run several stages with different precision / accumulation: start afresh
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda asked for but no CUDA device is available")

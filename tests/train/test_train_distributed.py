@@ -1,0 +1,48 @@
+"""Data-parallel training on 2 CPU processes (gloo) equals one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+SCRIPT = Path(__file__).parent / "tiny_run.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--steps", "5", "--save-every", "0", "--dropout", "0"]
+    # 2 processes x micro-batch 1 x accumulation 2 == 1 process x micro-batch 4: global batch 4 both ways
+    two = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT),
+                            str(tmp_path / "two"), "--micro", "1", "--accum", "2", *common],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    one = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path / "one"), "--micro", "4", *common],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    out_two, _ = two.communicate(timeout=240)
+    out_one, _ = one.communicate(timeout=240)
+    assert two.returncode == 0, out_two[-3000:]
+    assert one.returncode == 0, out_one[-3000:]
+    rows = {k: [json.loads(x) for x in (tmp_path / k / "metrics.jsonl").read_text().splitlines()] for k in ("one", "two")}
+    assert len(rows["one"]) == len(rows["two"]) == 5
+    for a, b in zip(rows["one"], rows["two"], strict=True):
+        assert a["units"] == b["units"]  # the same samples form each global batch
+        torch.testing.assert_close(a["sft"], b["sft"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a["grad_norm"], b["grad_norm"], rtol=1e-4, atol=1e-6)
+    losses = [r["sft"] for r in rows["one"]]
+    assert len(set(losses)) == 5  # real, changing losses
+    wa, wb = load_file(str(tmp_path / "one" / "final.safetensors")), load_file(str(tmp_path / "two" / "final.safetensors"))
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5, msg=key)

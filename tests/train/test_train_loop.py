@@ -1,0 +1,104 @@
+"""The training loop on a tiny random Qwen2: exact normalisation across accumulation, frozen parts, learning."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_run import collate, freeze_embeddings, tiny_dataset, tiny_model  # noqa: E402
+
+from r1v.config import load_config  # noqa: E402
+from r1v.errors import ConfigError  # noqa: E402
+from r1v.train import TrainConfig, sft_loss, sft_objective, train  # noqa: E402
+from r1v.train.loop import count_label_tokens, epoch_order, step_indices  # noqa: E402
+
+
+def _cfg(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(lr=3e-3, warmup_ratio=0.0, max_steps=3, device="cpu", out_dir=tmp_path, report_to=["jsonl"],
+                progress=False, plots=False, seed=3, keep_last=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_sft_loss_is_token_mean_cross_entropy() -> None:
+    model = tiny_model()
+    batch = collate(tiny_dataset(4))
+    out = sft_loss(model, batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+                          ignore_index=-100, reduction="sum")
+    torch.testing.assert_close(out.total, ref, rtol=1e-5, atol=1e-5)
+    assert count_label_tokens(batch) == int((batch["labels"][:, 1:] != -100).sum()) > 0
+
+
+@pytest.mark.parametrize("micro,accum", [(2, 2), (1, 4)])
+def test_grad_accumulation_matches_one_big_batch(tmp_path: Path, micro: int, accum: int) -> None:
+    """Same global batch (4 samples of different lengths) -> same weights, whatever the split."""
+    data = tiny_dataset(16)
+    ref_model = tiny_model()
+    train(ref_model, data, sft_objective(), _cfg(tmp_path / "ref", micro_batch_size=4), collate_fn=collate)
+    model = tiny_model()
+    res = train(model, data, sft_objective(), _cfg(tmp_path / "acc", micro_batch_size=micro, grad_accum=accum),
+                collate_fn=collate)
+    for (name, a), b in zip(ref_model.named_parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert res.state.step == 3 and res.state.samples_seen == 12
+
+
+def test_frozen_parts_get_no_grads_no_state_and_do_not_move(tmp_path: Path) -> None:
+    model = tiny_model()
+    freeze_embeddings(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    res = train(model, tiny_dataset(16), sft_objective(), _cfg(tmp_path), collate_fn=collate)
+    emb = model.model.embed_tokens.weight
+    assert emb.grad is None and torch.equal(emb, before["model.embed_tokens.weight"])
+    moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert len(moved) == sum(p.requires_grad for p in model.parameters())  # every trainable tensor changed
+    assert res.checkpoint is not None and (res.checkpoint / "trainable.safetensors").exists()
+
+
+def test_loss_goes_down(tmp_path: Path) -> None:
+    model = tiny_model()
+    res = train(model, tiny_dataset(32), sft_objective(),
+                _cfg(tmp_path, max_steps=None, epochs=6, micro_batch_size=8, lr=1e-2, warmup_ratio=0.1),
+                collate_fn=collate)
+    from r1v.train.metrics import read_metrics
+
+    losses = [r["sft"] for r in read_metrics(tmp_path / "metrics.jsonl")]
+    assert len(losses) == 24 and res.state.epoch == 5
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.3, losses
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl")]
+    assert lrs[2] == pytest.approx(1e-2) and lrs[-1] < 1e-3  # warmup (3 steps) then cosine to ~0
+
+
+def test_epoch_order_and_sharding_cover_each_sample_once() -> None:
+    cfg = TrainConfig(micro_batch_size=2, grad_accum=3)
+    order = epoch_order(24, data_seed=1, epoch=0)
+    assert sorted(order) == list(range(24)) and order != epoch_order(24, 1, 1)
+    seen = [i for step in range(2) for rank in range(2) for mb in step_indices(order, step, cfg, rank, 2) for i in mb]
+    assert sorted(seen) == list(range(24))
+
+
+def test_config_validation_and_small_dataset(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="lr"):
+        load_config(TrainConfig, None, ["lr=-1"])
+    with pytest.raises(ConfigError, match="report_to"):
+        load_config(TrainConfig, None, ["report_to=[jsonl,mlflow]"])
+    cfg = load_config(TrainConfig, None, ["grad_accum=4", "micro_batch_size=2", "precision=bf16"])
+    assert cfg.samples_per_step(8) == 64 and cfg.weight_decay == 0.05 and cfg.warmup_ratio == 0.03
+    with pytest.raises(ConfigError, match="fewer than one global batch"):
+        train(tiny_model(), tiny_dataset(3), sft_objective(), _cfg(tmp_path, micro_batch_size=4), collate_fn=collate)
+
+
+def test_bf16_mixed_precision_runs_and_keeps_fp32_master(tmp_path: Path) -> None:
+    model = tiny_model()
+    res = train(model, tiny_dataset(8), sft_objective(), _cfg(tmp_path, precision="bf16", max_steps=2),
+                collate_fn=collate)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert math.isfinite(res.last_metrics["sft"])

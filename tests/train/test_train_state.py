@@ -1,0 +1,122 @@
+"""Checkpoints: atomic writes, pruning, `extra` state, and exact resume of a run killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_run import collate, tiny_dataset, tiny_model  # noqa: E402
+
+from r1v.errors import R1VError  # noqa: E402
+from r1v.train import TrainConfig, sft_objective, train  # noqa: E402
+from r1v.train.optim import build_optimizer, build_scheduler  # noqa: E402
+from r1v.train.state import (  # noqa: E402
+    TrainState,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+SCRIPT = Path(__file__).parent / "tiny_run.py"
+
+
+def _parts(cfg: TrainConfig):
+    model = tiny_model()
+    opt = build_optimizer(model, cfg)
+    return model, opt, build_scheduler(opt, cfg, 10)
+
+
+def test_save_is_atomic_prunes_and_keeps_extra(tmp_path: Path) -> None:
+    cfg = TrainConfig(device="cpu")
+    model, opt, sched = _parts(cfg)
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, TrainState(step=step, epoch=1, step_in_epoch=step, extra={"delta": 0.25 * step}),
+                        model=model, optimizer=opt, scheduler=sched, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
+    # a run killed mid-save leaves a temporary folder: it is never taken for a checkpoint
+    junk = tmp_path / "checkpoints" / ".tmp-step-00000009"
+    junk.mkdir()
+    (junk / "state.json").write_text("{}")
+    assert latest_checkpoint(tmp_path).name == "step-00000003"
+    assert not list((tmp_path / "checkpoints").glob(".tmp-step-00000003"))
+    fresh, opt2, sched2 = _parts(cfg)
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.add_(1.0)
+    state = load_checkpoint(latest_checkpoint(tmp_path), model=fresh, optimizer=opt2, scheduler=sched2)
+    assert state.step == 3 and state.step_in_epoch == 3 and state.extra == {"delta": 0.75}
+    for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_holds_only_trainable_weights_and_checks_the_policy(tmp_path: Path) -> None:
+    cfg = TrainConfig(device="cpu")
+    model, opt, sched = _parts(cfg)
+    model.model.embed_tokens.weight.requires_grad_(False)
+    opt = build_optimizer(model, cfg)
+    path = save_checkpoint(tmp_path, TrainState(step=1), model=model, optimizer=opt, scheduler=sched)
+    names = set(load_file(str(path / "trainable.safetensors")))
+    assert "model.embed_tokens.weight" not in names and "lm_head.weight" in names
+    other = tiny_model()  # everything trainable: the saved set no longer matches
+    with pytest.raises(R1VError, match="policy"):
+        load_checkpoint(path, model=other)
+
+
+def _run(out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(SCRIPT), str(out), "--steps", "10", "--save-every", "2", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def test_sigkill_then_resume_gives_identical_weights(tmp_path: Path) -> None:
+    """Kill a real run with SIGKILL after its 2nd checkpoint; the resumed run ends bit-identical."""
+    ref = _run(tmp_path / "ref")
+    victim = _run(tmp_path / "victim", "--sleep", "0.4")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ckpt = latest_checkpoint(tmp_path / "victim")
+        if ckpt is not None and int(ckpt.name.split("-")[1]) >= 4:
+            break
+        assert victim.poll() is None, victim.stdout.read()
+        time.sleep(0.05)
+    else:
+        pytest.fail("the run wrote no checkpoint in time")
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    killed_at = int(latest_checkpoint(tmp_path / "victim").name.split("-")[1])
+    assert killed_at < 10 and not (tmp_path / "victim" / "final.safetensors").exists()
+    resumed = _run(tmp_path / "victim", "--resume")
+    out_resumed, _ = resumed.communicate(timeout=180)
+    out_ref, _ = ref.communicate(timeout=180)
+    assert resumed.returncode == 0, out_resumed
+    assert ref.returncode == 0, out_ref
+    a = load_file(str(tmp_path / "ref" / "final.safetensors"))
+    b = load_file(str(tmp_path / "victim" / "final.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the stage's `extra` (a running sum of losses) survived the kill exactly
+    assert (tmp_path / "ref" / "final_extra.txt").read_text() == (tmp_path / "victim" / "final_extra.txt").read_text()
+    rows = (tmp_path / "victim" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 10  # steps logged after the last checkpoint by the killed run were dropped
+
+
+def test_resume_with_no_checkpoint_starts_fresh(tmp_path: Path) -> None:
+    cfg = TrainConfig(device="cpu", max_steps=2, resume=True, out_dir=tmp_path, report_to=["jsonl"],
+                      progress=False, plots=False)
+    res = train(tiny_model(), tiny_dataset(8), sft_objective(), cfg, collate_fn=collate)
+    assert res.resumed_from is None and res.state.step == 2
+    cfg.max_steps = 4
+    res = train(tiny_model(), tiny_dataset(8), sft_objective(), cfg, collate_fn=collate)
+    assert res.resumed_from is not None and res.resumed_from.name == "step-00000002" and res.state.step == 4
