@@ -177,6 +177,12 @@ def eval_(
     typer.echo(f"wrote {out / 'report.json'}")
 
 
+# `r1v train STAGE --config PATH key=value ...`: the stages are registered in r1v.recipes.STAGES.
+from r1v.recipes import train_app  # noqa: E402  (light: stage modules load when their command runs)
+
+app.add_typer(train_app, name="train")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the report and plots.")] = Path("runs/demo"),
