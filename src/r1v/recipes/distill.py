@@ -1,0 +1,461 @@
+"""`r1v train distill`: Adaptive-Length Chain-of-Thought Distillation (AL-CoTD, R1V section 4.3).
+
+Launch:
+
+    r1v train distill --config configs/distill.yaml [key=value ...]
+    # e.g. data=my_set.jsonl model=runs/sft/final teacher.kind=endpoint teacher.url=http://127.0.0.1:8000/v1
+
+The whole algorithm, in order:
+1. read the prompts (JSONL / JSON / parquet, or `synthetic:N` rendered tasks); malformed lines, missing or
+   unreadable images, missing gold answers and over-long prompts are reported with file and line and,
+   with `on_bad_sample: skip`, skipped and counted in the summary (`error`, the default, stops the run).
+2. QDAM + VTIA: raw scores S_v, S_t, S_I per sample (`r1v.recipes.scorers`; heuristics or an LLM judge).
+3. DRLC: min-max normalise each score over the dataset and compute the repetition penalty
+   `P = min(2, exp(alpha * (1 - (S_v + beta*S_t + gamma*S_I) / (1 + beta + gamma))))` per sample.
+4. self-distillation: the model itself generates a `<think>` chain for each prompt with ITS sample's P
+   (a per-sample repetition penalty at generation); the final answer is verified against the gold
+   (answer extraction + math-verify, or the option letter for multiple choice).
+5. verified-correct chains are kept ("kept"); wrong ones go to a teacher (a local model or an
+   OpenAI-compatible endpoint) prompted with the question plus "The correct answer is X; reason step by
+   step to it", with the same P; the first of `teacher.attempts` answers that verifies is kept
+   ("revised"); otherwise the prompt is "dropped" (written to `dropped.jsonl`, never silently lost).
+6. writes `data.jsonl` (Samples whose assistant turn is `<think>\\n...\\n</think>\\n\\n... \\boxed{..}`, with
+   the raw and normalised scores, P, and `source` in `meta`), `dropped.jsonl` and `summary.json`.
+
+The paper runs this before Stage 1 and before every iterative-SFT round; here one call is one round.
+The data helpers at the bottom (`BadSamples`, `load_prompts`, `check_prompts`, ...) are shared with
+`r1v.recipes.rejection_sample`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from r1v.algos.length import drlc_penalty, minmax_normalise
+from r1v.config import to_dict
+from r1v.data.schema import Message, Sample
+from r1v.data.sources import atomic_write_text, iter_records, record_to_sample, write_jsonl
+from r1v.errors import ConfigError, DataError, ImageError, R1VError
+from r1v.rewards.extract import extract_answer, last_boxed
+from r1v.rewards.rules import accuracy_many, columns_of, gold_letter, is_multiple_choice
+from r1v.rollout.engine import Completion, SamplingParams, split_completion
+
+BadPolicy = Literal["error", "skip"]
+Source = Literal["kept", "revised", "dropped"]
+HINT = ("\n\nThe correct answer is {answer}. Reason step by step to it, then give the final answer "
+        "as \\boxed{{}}.")
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling for the model's own chains (repetition penalty comes from DRLC, per sample)."""
+
+    max_new_tokens: int = 96
+    max_think_tokens: int | None = 64
+    temperature: float = 0.6
+    top_p: float = 0.95
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError("batch_size and max_new_tokens must be >= 1")
+
+
+@dataclass
+class TeacherConfig:
+    """Who revises wrong chains: `model` (a local preset/folder), `endpoint` (OpenAI-compatible) or `none`."""
+
+    kind: Literal["model", "endpoint", "none"] = "model"
+    model: str = "tiny"
+    url: str | None = None
+    name: str | None = None
+    cache_dir: str | None = None
+    attempts: int = 2
+    temperature: float = 0.6
+    max_new_tokens: int = 128
+
+    def validate(self) -> None:
+        if self.kind == "endpoint" and not (self.url and self.name):
+            raise ConfigError("teacher.kind=endpoint needs teacher.url and teacher.name")
+        if self.attempts < 1:
+            raise ConfigError("teacher.attempts must be >= 1")
+
+
+@dataclass
+class ScorerConfig:
+    """QDAM/VTIA scorers: `heuristic` or `judge` each; the judge is an OpenAI-compatible endpoint."""
+
+    vision: Literal["heuristic", "judge"] = "heuristic"
+    text: Literal["heuristic", "judge"] = "heuristic"
+    integration: Literal["heuristic", "judge"] = "heuristic"
+    judge_url: str | None = None
+    judge_model: str | None = None
+    judge_cache: str | None = None
+    blur_ref: float = 100.0
+    tile_size: int | None = None  # None: the model's tile size
+
+    def validate(self) -> None:
+        uses_judge = "judge" in (self.vision, self.text, self.integration)
+        if uses_judge and not (self.judge_url and self.judge_model):
+            raise ConfigError("a judge scorer needs scorers.judge_url and scorers.judge_model")
+
+
+@dataclass
+class DRLCConfig:
+    """Eq. 1 weights (the paper reports none; alpha = ln 2 makes P span [1, 2])."""
+
+    alpha: float = math.log(2.0)
+    beta: float = 1.0
+    gamma: float = 1.0
+
+    def validate(self) -> None:
+        if 1.0 + self.beta + self.gamma <= 0:
+            raise ConfigError("1 + beta + gamma must be positive")
+
+
+@dataclass
+class Config:
+    """One AL-CoTD round. `data`: a data file or `synthetic:N`; `model`: preset name or model folder."""
+
+    data: str = "synthetic:12"
+    out: Path = Path("runs/distill")
+    model: str = "tiny"
+    image_root: str | None = None
+    limit: int | None = None
+    on_bad_sample: BadPolicy = "error"
+    max_prompt_tokens: int = 2048
+    seed: int = 0
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    scorers: ScorerConfig = field(default_factory=ScorerConfig)
+    drlc: DRLCConfig = field(default_factory=DRLCConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+    def validate(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("limit must be >= 1 (or null)")
+        if self.max_prompt_tokens < 1:
+            raise ConfigError("max_prompt_tokens must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+
+
+def run(cfg: Config, *, student: Any = None, teacher: Any = None, judge: Any = None,
+        log: Callable[[str], None] = print) -> dict:
+    """Run one AL-CoTD round; returns (and writes) the summary. Engines/judge may be injected (tests)."""
+    from r1v.recipes.scorers import Scorers
+
+    t0 = time.time()
+    bad = BadSamples(cfg.on_bad_sample, log)
+    vlm = None
+    if student is None:
+        vlm, student = build_engine(cfg.model)
+    tokenizer = getattr(student, "tokenizer", None)
+    prompts = load_prompts(cfg.data, image_root=cfg.image_root, limit=cfg.limit, seed=cfg.seed, bad=bad)
+    prompts = check_prompts(prompts, bad, max_prompt_tokens=cfg.max_prompt_tokens, tokenizer=tokenizer)
+    if not prompts:
+        raise DataError("no usable samples left to distill", source=cfg.data)
+
+    # QDAM + VTIA
+    if judge is None and "judge" in (cfg.scorers.vision, cfg.scorers.text, cfg.scorers.integration):
+        judge = make_judge(cfg.scorers.judge_url, cfg.scorers.judge_model, cfg.scorers.judge_cache)
+    tile = cfg.scorers.tile_size or (vlm.spec.tile_size if vlm is not None else 448)
+    scorers = Scorers(cfg.scorers.vision, cfg.scorers.text, cfg.scorers.integration, judge=judge,
+                      tile_size=tile, blur_ref=cfg.scorers.blur_ref)
+    kept_prompts, raw = [], []
+    for p in prompts:
+        try:
+            raw.append(scorers.score(p.sample))
+        except ImageError as e:  # checked above, but a file may vanish or be unreadable in another way
+            bad.report(DataError(str(e), source=p.source, record=p.record, field="images"), "image")
+            continue
+        kept_prompts.append(p)
+    prompts = kept_prompts
+    # DRLC
+    norm = {k: minmax_normalise([getattr(s, k) for s in raw], k).tolist() for k in ("sv", "st", "si")}
+    penalty = drlc_penalty(norm["sv"], norm["st"], norm["si"], cfg.drlc.alpha, cfg.drlc.beta,
+                           cfg.drlc.gamma).tolist()
+    log(f"distill: {len(prompts)} prompts scored; P in [{min(penalty):.3f}, {max(penalty):.3f}]")
+
+    # self-distillation: the model's own chains with its per-sample P
+    gen = cfg.generation
+    samples = [prompt_only(p.sample) for p in prompts]
+    own = generate_chunked(student, samples, penalty, gen.batch_size, lambda rp, i: SamplingParams(
+        max_new_tokens=gen.max_new_tokens, max_think_tokens=gen.max_think_tokens, temperature=gen.temperature,
+        top_p=gen.top_p, repetition_penalty=rp, n=1, seed=cfg.seed + i))
+    first = [g[0] for g in own]
+    ok = verified(samples, first)
+    chains: list[Completion | None] = [c if good and c.think else None for c, good in zip(first, ok, strict=True)]
+    sources: list[Source] = ["kept" if c is not None else "dropped" for c in chains]
+
+    # revise the wrong ones with an answer-conditioned teacher
+    wrong = [i for i, c in enumerate(chains) if c is None]
+    if wrong and cfg.teacher.kind != "none":
+        if teacher is None:
+            teacher = (student if cfg.teacher.model == cfg.model else build_engine(cfg.teacher.model)[1]) \
+                if cfg.teacher.kind == "model" else EndpointTeacher(
+                    cfg.teacher.url or "", cfg.teacher.name or "", cache_dir=cfg.teacher.cache_dir,
+                    temperature=cfg.teacher.temperature, max_new_tokens=cfg.teacher.max_new_tokens)
+        hinted = [with_hint(samples[i]) for i in wrong]
+        tc = cfg.teacher
+        groups = generate_chunked(teacher, hinted, [penalty[i] for i in wrong], gen.batch_size,
+                                  lambda rp, j: SamplingParams(
+                                      max_new_tokens=tc.max_new_tokens, max_think_tokens=gen.max_think_tokens,
+                                      temperature=tc.temperature, top_p=gen.top_p, repetition_penalty=rp,
+                                      n=tc.attempts, seed=cfg.seed + 1000 + j))
+        flat_s = [samples[i] for i, g in zip(wrong, groups, strict=True) for _ in g]
+        flat_c = [c for g in groups for c in g]
+        flat_ok = iter(verified(flat_s, flat_c))
+        for i, g in zip(wrong, groups, strict=True):
+            good = [c for c in g if next(flat_ok) and c.think]
+            if good:
+                chains[i], sources[i] = good[0], "revised"
+
+    # write
+    out_rows, dropped_rows = [], []
+    for k, (p, s, c, src) in enumerate(zip(prompts, samples, chains, sources, strict=True)):
+        meta = dict(s.meta)
+        meta.update(source=src, origin=f"{p.source}:{p.record}", drlc_penalty=round(penalty[k], 6),
+                    scores={"sv": raw[k].sv, "st": raw[k].st, "si": raw[k].si, "sv_norm": norm["sv"][k],
+                            "st_norm": norm["st"][k], "si_norm": norm["si"][k], **raw[k].parts})
+        if c is None:
+            meta["model_answer"] = first[k].answer
+            dropped_rows.append(replace(s, meta=meta))
+        else:
+            meta["think_tokens"] = c.num_think_tokens
+            out_rows.append(replace(s, messages=[*s.messages, Message("assistant", assistant_turn(s, c))],
+                                    meta=meta))
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out_rows, cfg.out / "data.jsonl")
+    write_jsonl(dropped_rows, cfg.out / "dropped.jsonl")
+    counts = Counter(sources)
+    summary = {
+        "stage": "distill", "prompts": len(prompts), "kept": counts["kept"], "revised": counts["revised"],
+        "dropped": counts["dropped"], "written": len(out_rows),
+        "penalty": {"min": min(penalty), "mean": sum(penalty) / len(penalty), "max": max(penalty)},
+        "judge_fallbacks": dict(scorers.fallbacks), **bad.summary(),
+        "files": {"data": str(cfg.out / "data.jsonl"), "dropped": str(cfg.out / "dropped.jsonl")},
+        "seconds": round(time.time() - t0, 3), "config": to_dict(cfg),
+    }
+    atomic_write_text(cfg.out / "summary.json", json.dumps(summary, indent=2, default=str))
+    log(f"distill: kept {counts['kept']}, revised {counts['revised']}, dropped {counts['dropped']}, "
+        f"skipped {summary['skipped_total']} -> {cfg.out / 'data.jsonl'}")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def build_engine(target: str) -> tuple[Any, Any]:
+    """A preset name or model folder -> (VLM, TransformersEngine)."""
+    from r1v.model.build import load_vlm
+    from r1v.rollout.engine import TransformersEngine
+
+    vlm = load_vlm(target)
+    return vlm, TransformersEngine(vlm)
+
+
+def make_judge(url: str | None, model: str | None, cache_dir: str | None, **kwargs: Any) -> Any:
+    from r1v.eval.judge import Judge
+
+    return Judge(url or "", model or "", cache_dir=Path(cache_dir) if cache_dir else None, **kwargs)
+
+
+def prompt_only(sample: Sample) -> Sample:
+    """The sample without a final assistant turn (what the model is asked)."""
+    return replace(sample, messages=sample.prompt_messages(), meta=dict(sample.meta))
+
+
+def with_hint(sample: Sample) -> Sample:
+    """The answer-conditioned prompt for the teacher: the last user turn + "The correct answer is X"."""
+    msgs = [Message(m.role, m.content) for m in sample.messages]
+    last = max(i for i, m in enumerate(msgs) if m.role == "user")
+    msgs[last].content += HINT.format(answer=sample.answer)
+    return replace(sample, messages=msgs)
+
+
+def generate_chunked(engine: Any, samples: Sequence[Sample], penalty: Sequence[float], batch_size: int,
+                     params: Callable[[list[float], int], SamplingParams]) -> list[list[Completion]]:
+    """`engine.generate` over batches; `params(penalties_of_the_batch, batch_index)` builds each call's
+    SamplingParams, so every sample is generated with its own repetition penalty."""
+    out: list[list[Completion]] = []
+    for b, start in enumerate(range(0, len(samples), batch_size)):
+        chunk = list(samples[start:start + batch_size])
+        out.extend(engine.generate(chunk, params([float(x) for x in penalty[start:start + batch_size]], b)))
+    return out
+
+
+def verified(samples: Sequence[Sample], completions: Sequence[Completion]) -> list[bool]:
+    """Is each completion's final answer (in its answer part) the sample's gold?"""
+    answers = [c.answer if c.think is not None else c.text for c in completions]
+    scores = accuracy_many(answers, [columns_of(s) for s in samples])
+    return [s["accuracy"] == 1.0 and bool(a.strip()) for s, a in zip(scores, answers, strict=True)]
+
+
+def assistant_turn(sample: Sample, c: Completion) -> str:
+    """`<think>\\n{chain}\\n</think>\\n\\n{answer}`, with a `\\boxed{}` final answer added when missing."""
+    answer = c.answer.strip()
+    if last_boxed(answer) is None:
+        cols = columns_of(sample)
+        final = (gold_letter(str(sample.answer), cols.get("choices")) if is_multiple_choice(cols)
+                 else extract_answer(answer)) or str(sample.answer)
+        answer = f"{answer}\n\n\\boxed{{{final}}}".strip()
+    return f"<think>\n{(c.think or '').strip()}\n</think>\n\n{answer}"
+
+
+class EndpointTeacher:
+    """A teacher behind an OpenAI-compatible chat endpoint, with the `RolloutEngine` interface.
+
+    It sees the question text only (`<image>` tags removed). Replies are cached by `Judge` (model +
+    prompt), so completion j > 0 of a sample adds "(attempt j+1)" to its prompt to get a fresh reply.
+    Repetition penalty is not sent (the OpenAI API has none); thinking is read from `<think>` tags, and a
+    reply without them is all chain. Token counts are whitespace words (an approximation).
+    """
+
+    def __init__(self, url: str, model: str, *, cache_dir: str | None = None, temperature: float = 0.6,
+                 max_new_tokens: int = 1024, judge: Any = None) -> None:
+        self.judge = judge or make_judge(url, model, cache_dir, temperature=temperature,
+                                         max_tokens=max_new_tokens)
+        self.tokenizer = None
+
+    def generate(self, samples: Sequence[Sample], params: SamplingParams) -> list[list[Completion]]:
+        out = []
+        for s in samples:
+            text = "\n\n".join(m.content.replace("<image>", "").strip() for m in s.prompt_messages()
+                               if m.role != "system")
+            group = []
+            for j in range(params.n):
+                reply = self.judge.ask(text + (f"\n\n(attempt {j + 1})" if j else "")) or ""
+                think, answer = split_completion(reply, False)
+                if think is None and reply.strip():
+                    think, answer = reply.strip(), ""
+                group.append(Completion(text=reply, token_ids=[], finish_reason="stop", think=think,
+                                        answer=answer or (f"\\boxed{{{extract_answer(reply)}}}"
+                                                          if extract_answer(reply) else ""),
+                                        num_think_tokens=len((think or "").split()), prompt_tokens=0))
+            out.append(group)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@dataclass
+class Prompt:
+    """A sample and where it came from (file and 1-based line for JSONL, record index otherwise)."""
+
+    sample: Sample
+    source: str
+    record: int | str
+
+
+class BadSamples:
+    """The `on_bad_sample` policy: `error` raises the first problem, `skip` counts it by kind and keeps a
+    readable message for the summary (and prints it), so nothing is dropped silently."""
+
+    def __init__(self, policy: BadPolicy, log: Callable[[str], None] = print) -> None:
+        if policy not in ("error", "skip"):
+            raise ConfigError(f"on_bad_sample must be 'error' or 'skip', got {policy!r}")
+        self.policy, self.log = policy, log
+        self.counts: Counter[str] = Counter()
+        self.messages: list[str] = []
+
+    def report(self, err: R1VError, kind: str) -> None:
+        if self.policy == "error":
+            raise err
+        self.counts[kind] += 1
+        self.messages.append(f"[{kind}] {err}")
+        self.log(f"skipped bad sample: {err}")
+
+    def summary(self) -> dict:
+        return {"skipped": dict(self.counts), "skipped_total": sum(self.counts.values()),
+                "problems": self.messages[:200]}
+
+
+def _kind_of(err: DataError) -> str:
+    text = str(err)
+    if "malformed JSON" in text:
+        return "malformed"
+    if (err.field or "").startswith("image"):
+        return "image"
+    return "invalid"
+
+
+def load_prompts(data: str, *, image_root: str | None = None, limit: int | None = None, seed: int = 0,
+                 bad: BadSamples) -> list[Prompt]:
+    """Read a data file record by record (keeping file and line), or render `synthetic:N` tasks."""
+    if data.startswith("synthetic:"):
+        from r1v.data.synthetic import generate_tasks
+
+        try:
+            n = int(data.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"data {data!r}: expected synthetic:N") from None
+        return [Prompt(s, "synthetic", i) for i, s in enumerate(generate_tasks(n, seed=seed))]
+    path = Path(data)
+    root = Path(image_root) if image_root else path.parent
+    out: list[Prompt] = []
+    seen: dict[str, int | str] = {}
+    for where, rec in iter_records(path):
+        if limit is not None and len(out) >= limit:
+            break
+        if isinstance(rec, DataError):
+            bad.report(rec, "malformed")
+            continue
+        try:
+            sample = record_to_sample(rec, source=str(path), record=where, image_root=root)
+        except DataError as e:
+            bad.report(e, _kind_of(e))
+            continue
+        if sample.id in seen:
+            bad.report(DataError(f"duplicate id {sample.id!r} (first at record {seen[sample.id]})",
+                                 source=str(path), record=where, field="id"), "duplicate_id")
+            continue
+        seen[sample.id] = where
+        out.append(Prompt(sample, str(path), where))
+    return out
+
+
+def prompt_tokens(sample: Sample, tokenizer: Any = None) -> int:
+    """Text tokens of the prompt turns (images excluded); chars / 4 without a tokenizer."""
+    text = "\n".join(m.content.replace("<image>", "") for m in sample.prompt_messages())
+    if tokenizer is None:
+        return math.ceil(len(text) / 4)
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def check_prompts(prompts: list[Prompt], bad: BadSamples, *, max_prompt_tokens: int,
+                  tokenizer: Any = None) -> list[Prompt]:
+    """Keep prompts with a gold answer, loadable images and at most `max_prompt_tokens` prompt tokens."""
+    from r1v.processing.images import load_image
+
+    out = []
+    for p in prompts:
+        s = p.sample
+        if s.answer is None or not str(s.answer).strip():
+            bad.report(DataError("no gold answer to verify against", source=p.source, record=p.record,
+                                 field="answer"), "no_answer")
+            continue
+        try:
+            for img in s.images:
+                load_image(img)
+        except ImageError as e:
+            bad.report(DataError(str(e), source=p.source, record=p.record, field="images"), "image")
+            continue
+        n = prompt_tokens(s, tokenizer)
+        if n > max_prompt_tokens:
+            bad.report(DataError(f"prompt has {n} tokens, more than max_prompt_tokens={max_prompt_tokens}",
+                                 source=p.source, record=p.record, field="messages"), "too_long")
+            continue
+        out.append(p)
+    return out
