@@ -27,6 +27,8 @@ STAGES: dict[str, str] = {
     "align": "r1v.recipes.align",
     "sft": "r1v.recipes.sft",
     "iterative-sft": "r1v.recipes.iterative_sft",
+    "distill": "r1v.recipes.distill",
+    "rejection-sample": "r1v.recipes.rejection_sample",
 }
 
 _STAGE_LINE = re.compile(r"^#\s*r1v-stage:\s*([\w-]+)\s*$", re.MULTILINE)

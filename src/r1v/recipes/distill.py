@@ -147,6 +147,9 @@ class Config:
             raise ConfigError("max_prompt_tokens must be >= 1")
 
 
+CONFIG = Config  # the stage registry's name for the config class
+
+
 # ---------------------------------------------------------------------------------------------- the stage
 
 
