@@ -1,4 +1,4 @@
-"""`r1v train distill`: Adaptive-Length Chain-of-Thought Distillation (AL-CoTD, R1V section 4.3).
+"""Adaptive-Length CoT Distillation (AL-CoTD, spec 4.3): QDAM/VTIA scores, DRLC penalty, self-distillation.
 
 Launch:
 
@@ -160,11 +160,11 @@ def run(cfg: Config, *, student: Any = None, teacher: Any = None, judge: Any = N
 
     t0 = time.time()
     bad = BadSamples(cfg.on_bad_sample, log)
+    prompts = load_prompts(cfg.data, image_root=cfg.image_root, limit=cfg.limit, seed=cfg.seed, bad=bad)
     vlm = None
     if student is None:
         vlm, student = build_engine(cfg.model)
     tokenizer = getattr(student, "tokenizer", None)
-    prompts = load_prompts(cfg.data, image_root=cfg.image_root, limit=cfg.limit, seed=cfg.seed, bad=bad)
     prompts = check_prompts(prompts, bad, max_prompt_tokens=cfg.max_prompt_tokens, tokenizer=tokenizer)
     if not prompts:
         raise DataError("no usable samples left to distill", source=cfg.data)

@@ -1,4 +1,4 @@
-"""`r1v train rejection-sample`: R1V3-style cold-start data by rejection sampling from a teacher.
+"""R1V3 cold start (spec 7): rejection sampling from a teacher with verify, length, repetition, dedupe filters.
 
 Launch:
 
@@ -146,12 +146,12 @@ def run(cfg: Config, *, teacher: Any = None, log: Callable[[str], None] = print)
     """Rejection-sample a cold-start SFT set; returns (and writes) the summary. `teacher` may be injected."""
     t0 = time.time()
     bad = BadSamples(cfg.on_bad_sample, log)
+    prompts = load_prompts(cfg.data, image_root=cfg.image_root, limit=cfg.limit, seed=cfg.seed, bad=bad)
     if teacher is None:
         tc = cfg.teacher
         teacher = build_engine(tc.model)[1] if tc.kind == "model" else EndpointTeacher(
             tc.url or "", tc.name or "", cache_dir=tc.cache_dir, temperature=cfg.generation.temperature,
             max_new_tokens=cfg.generation.max_new_tokens)
-    prompts = load_prompts(cfg.data, image_root=cfg.image_root, limit=cfg.limit, seed=cfg.seed, bad=bad)
     prompts = check_prompts(prompts, bad, max_prompt_tokens=cfg.max_prompt_tokens,
                             tokenizer=getattr(teacher, "tokenizer", None))
     if not prompts:
