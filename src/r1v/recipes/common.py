@@ -77,7 +77,7 @@ class BadSamples:
 
 
 def _reason(err: DataError) -> str:
-    if err.field in IMAGE_FIELDS:
+    if err.field is not None and err.field.split("[")[0] in IMAGE_FIELDS:
         return "image"
     if "duplicate id" in str(err):
         return "duplicate_id"
