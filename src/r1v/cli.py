@@ -118,6 +118,37 @@ def assets(
 
 
 @app.command()
+def plan(
+    preset: Annotated[str, typer.Option(help="A preset name (r1v-38b, r1v2-38b, r1v3-38b, tiny, smol).")] = "r1v-38b",
+    gpus: Annotated[int, typer.Option(help="GPUs in the run (all nodes together).")] = 8,
+    policy: Annotated[str, typer.Option(help="Trainable parts: connector, connector+llm, connector+vision, full, lora.")] = "connector",
+    strategy: Annotated[str, typer.Option(help="Parallel layout: fsdp (FSDP2), zero3 (DeepSpeed ZeRO-3) or ddp.")] = "fsdp",
+    seq_len: Annotated[int, typer.Option(help="Tokens per sample (image tokens included).")] = 16384,
+    micro_batch: Annotated[int, typer.Option(help="Samples per GPU per forward/backward.")] = 1,
+    gpu_mem_gb: Annotated[float, typer.Option(help="Memory per GPU in GiB.")] = 80.0,
+    tiles: Annotated[int, typer.Option(help="Image tiles per sample (12 + thumbnail at most per image).")] = 13,
+    loss_tokens: Annotated[int | None, typer.Option(help="Tokens with a loss per sample (default: seq-len).")] = None,
+    checkpointing: Annotated[bool, typer.Option(help="Activation checkpointing.")] = True,
+    offload_optimizer: Annotated[bool, typer.Option(help="Optimiser state in CPU RAM (fsdp/zero3).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Memory per GPU (weights, gradients, optimiser, activations) for a preset, policy and layout; does it fit?"""
+    from r1v.model.plan import PlanRequest, plan_memory, render_plan
+
+    try:
+        report = plan_memory(PlanRequest(
+            preset=preset, gpus=gpus, policy=policy, strategy=strategy, seq_len=seq_len, micro_batch=micro_batch,
+            gpu_mem_gb=gpu_mem_gb, tiles_per_sample=tiles, loss_tokens=loss_tokens,
+            activation_checkpointing=checkpointing, offload_optimizer=offload_optimizer))
+    except R1VError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        render_plan(report)
+
+
+@app.command()
 def chat(
     question: Annotated[str, typer.Argument(help="The question to ask.")],
     model: Annotated[str, typer.Option(help="A model folder or preset (default: smol).")] = "smol",
