@@ -123,6 +123,20 @@ def test_no_zombies_after_timeouts_and_close():
     assert not worker_pids & {k[0] for k in kids}
 
 
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_start_methods(method):
+    import multiprocessing as mp
+
+    if method not in mp.get_all_start_methods():
+        pytest.skip(f"{method} not available")
+    with VerifyPool(workers=1, timeout=10.0, fast_path=False, start_method=method) as p:
+        res = p.verify_many([("\\frac{1}{2}", "\\boxed{0.5}"), ("2", "\\boxed{3}")])
+        assert type(p._workers[0].proc).__name__.lower().startswith(method)  # ForkServerProcess, SpawnProcess
+    assert [r.correct for r in res] == [True, False]
+    with pytest.raises(ValueError, match="not available"):
+        VerifyPool(start_method="teleport").start()
+
+
 def test_verify_answer_shared_pool_and_errors():
     assert verify_answer("\\frac{1}{2}", "\\boxed{\\frac{1}{2}}")
     assert not verify_answer("9", "\\boxed{9^{9^{9^{9}}}}", timeout=0.5)

@@ -13,7 +13,8 @@ script that uses the pool at import time needs an `if __name__ == "__main__":` g
 
 Order matters in math-verify: the GOLD is parsed and passed first (`verify(gold, pred)`).
 Gold answers are bare LaTeX (MATH-500 style) and are parsed wrapped in `$...$`; predictions that
-already carry an environment (`\\boxed{}`, `$`, `\\(`, `\\[`) are parsed as they are, bare ones wrapped.
+already carry an environment (`\\boxed{}`, `$`, `\\(`, `\\[`) or are longer than 1000 characters are parsed
+as they are, short bare ones wrapped (so `1,2` is the set {1, 2}, not 1.2).
 
 Fast path (in the parent, before any worker is used), decides only when it is certain:
 - the normalised strings are equal (whitespace, `$`, `\\left`/`\\right`, thin spaces and a final "." dropped;
@@ -41,6 +42,7 @@ from r1v.rewards.extract import last_boxed
 _ENV_RE = re.compile(r"\\boxed|\\fbox|(?<!\\)\$|\\\(|\\\[")  # an escaped \$ is a dollar sign
 _NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+")
 _INT_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)")
+_WRAP_MAX_CHARS = 1000  # longer bare text is prose, not an answer: parse it as it is
 _SPACE_CMDS_RE = re.compile(r"\\left|\\right|\\[,;:! ]|\\displaystyle|\s+")
 
 
@@ -111,7 +113,7 @@ def fast_verdict(gold: str, pred: str) -> VerifyResult | None:
 def _parse_side(text: str, wrap_bare: bool) -> list[Any]:
     from math_verify import parse
 
-    if _ENV_RE.search(text) or not wrap_bare:
+    if _ENV_RE.search(text) or not wrap_bare or len(text) > _WRAP_MAX_CHARS:
         return parse(text, parsing_timeout=None)  # type: ignore[arg-type]
     parsed = parse(f"${text}$", parsing_timeout=None)  # type: ignore[arg-type]
     return parsed or parse(text, parsing_timeout=None)  # type: ignore[arg-type]
@@ -156,6 +158,12 @@ def _worker_main(conn: Connection, memory_limit_mb: int | None) -> None:
             return
         if msg is None:
             return
+        if msg == "clear_cache":
+            from sympy.core.cache import clear_cache
+
+            clear_cache()
+            conn.send((True, "cleared"))
+            continue
         gold, pred = msg
         try:
             out = (math_verify_check(gold, pred), "math_verify")
@@ -170,9 +178,15 @@ def _worker_main(conn: Connection, memory_limit_mb: int | None) -> None:
 
 
 # ------------------------------------------------------------------------------------------- pool
-def _context() -> mp.context.BaseContext:
-    """forkserver where available (safe with threads, preloads math-verify), else spawn; never fork."""
+def _context(start_method: str | None = None) -> mp.context.BaseContext:
+    """forkserver where available (safe with threads, preloads math-verify), else spawn; never fork
+    unless asked for by name (fork copies a threaded parent's locks and can deadlock)."""
     methods = mp.get_all_start_methods()
+    if start_method is not None:
+        if start_method not in methods:
+            raise ValueError(f"start method {start_method!r} is not available here; choose from {methods}")
+        if start_method != "forkserver":
+            return mp.get_context(start_method)
     if "forkserver" in methods:
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["r1v.rewards.verify", "math_verify"])
@@ -221,17 +235,20 @@ class VerifyPool:
     `with VerifyPool(workers=2, timeout=5.0) as pool: results = pool.verify_many(pairs)`.
     Workers start lazily on the first call that needs them and stop on `close()` / leaving the block.
     `fast_path=False` sends every item to math-verify (used by the benchmark to measure pure parallelism).
+    `memory_limit_mb` caps each worker's address space (RLIMIT_AS; a blow-up scores "error: MemoryError").
+    `start_method` overrides the default (forkserver, else spawn).
     Calls from several threads are serialised by a lock.
     """
 
     def __init__(self, workers: int | None = None, timeout: float = 5.0, *, fast_path: bool = True,
-                 memory_limit_mb: int | None = 4096) -> None:
+                 memory_limit_mb: int | None = 4096, start_method: str | None = None) -> None:
         if timeout <= 0:
             raise ValueError(f"VerifyPool timeout must be > 0 seconds, got {timeout}")
         self.n_workers = workers or default_workers()
         self.timeout = timeout
         self.fast_path = fast_path
         self.memory_limit_mb = memory_limit_mb
+        self.start_method = start_method
         self._workers: list[_Worker] = []
         self._ctx: mp.context.BaseContext | None = None
         self._lock = threading.Lock()
@@ -251,7 +268,7 @@ class VerifyPool:
         if self._closed:
             raise RuntimeError("VerifyPool is closed")
         if self._ctx is None:
-            self._ctx = _context()
+            self._ctx = _context(self.start_method)
         while len(self._workers) < self.n_workers:
             self._workers.append(_Worker(self._ctx, self.memory_limit_mb))
 
@@ -268,6 +285,15 @@ class VerifyPool:
         assert self._ctx is not None
         self._workers[self._workers.index(w)] = _Worker(self._ctx, self.memory_limit_mb)
         self.restarts += 1
+
+    def clear_caches(self) -> None:
+        """Empty sympy's expression cache in every worker (benchmarks use it to time cold rounds)."""
+        with self._lock:
+            self.start()
+            for w in self._workers:
+                w.conn.send("clear_cache")
+            for w in self._workers:
+                w.conn.recv()
 
     # work
     def verify_many(self, pairs: list[tuple[str, str]], timeout: float | None = None) -> list[VerifyResult]:
