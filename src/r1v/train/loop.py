@@ -113,6 +113,21 @@ def setup_accelerator(cfg: TrainConfig) -> Any:
                        gradient_accumulation_steps=cfg.grad_accum, step_scheduler_with_optimizer=False)
 
 
+def _check_launch(accelerator: Any, cfg: TrainConfig) -> None:
+    """The launcher config must agree with `cfg` on accumulation; DeepSpeed gets the micro-batch and clipping."""
+    if accelerator.gradient_accumulation_steps != cfg.grad_accum:
+        raise ConfigError(f"grad_accum is {cfg.grad_accum} but the accelerate launch config sets gradient "
+                          f"accumulation to {accelerator.gradient_accumulation_steps}; remove it from the launch config")
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:  # DeepSpeed cannot read these from a dataloader here: the loop makes its own batches
+        ds = plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+        ds["gradient_accumulation_steps"] = cfg.grad_accum
+        ds.pop("train_batch_size", None)
+        if ds.get("gradient_clipping", "auto") == "auto":
+            ds["gradient_clipping"] = cfg.max_grad_norm
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -202,6 +217,7 @@ def train(model: nn.Module, dataset: Sequence[Any], objective: Objective, cfg: T
 
     set_seed(cfg.seed)
     accelerator = accelerator or setup_accelerator(cfg)
+    _check_launch(accelerator, cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
     per_step = cfg.samples_per_step(world)
     steps_per_epoch = len(dataset) // per_step
