@@ -107,3 +107,16 @@ def test_cli_runs_the_shipped_config_and_resumes(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["resumed_from"].endswith("step-00000002")
+
+
+def test_lora_policy_exports_a_merged_plain_model(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = run_stage("sft", None, ["model=tiny", f"data={write_dataset(tmp_path / 'd', n=4)}", "eval_data=null",
+                                      "train.policy=lora", "train.lr=1e-2", "train.max_steps=2",
+                                      "train.micro_batch_size=2", *fast_train(out)])
+    p = summary["params"]
+    assert p["trainable_vision"] == 0 and 0 < p["trainable_llm"] < p["total"] // 2 and p["trainable_connector"] > 0
+    start, final = _by_part(build_preset("tiny").model), _by_part(load_vlm(out / "final").model)
+    assert set(final["llm"]) == set(start["llm"])  # merged: no lora_ tensors left
+    assert all(torch.equal(p, final["vision"][n]) for n, p in start["vision"].items())
+    assert any(not torch.equal(p, final["llm"][n]) for n, p in start["llm"].items())
