@@ -190,3 +190,54 @@ def test_math500_self_verification(shared_data):
     with VerifyPool(workers=2, timeout=10.0) as p:
         wrong = p.verify_many(shifted)
     assert sum(v.correct for v in wrong) <= 1
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses SIGALRM")
+def test_interrupted_call_leaves_pool_usable():
+    import signal
+
+    def boom(*_):
+        raise _Interrupted
+
+    old = signal.signal(signal.SIGALRM, boom)
+    try:
+        with VerifyPool(workers=1, timeout=5.0) as p:
+            p.start()
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            with pytest.raises(_Interrupted):
+                p.verify_many([("9", "\\boxed{9^{9^{9^{9}}}}")])
+            assert p.restarts == 1  # the busy worker was replaced, not left holding a stale item
+            res = p.verify_many([("\\frac{1}{2}", "\\boxed{0.5}"), ("x", "\\boxed{y}")])
+            assert [(r.correct, r.reason) for r in res] == [(True, "math_verify"), (False, "math_verify")]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_forked_copy_does_not_touch_parent_workers():
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs fork")
+    with VerifyPool(workers=1, timeout=5.0, fast_path=False) as p:
+        p.verify_many([("1", "\\boxed{1}")])
+        parent_pid = p._workers[0].proc.pid
+        q = mp.get_context("fork").Queue()
+
+        def child():
+            p._pid  # noqa: B018 - the copy sees the parent's pid and must start its own workers
+            res = p.verify_many([("\\frac{1}{2}", "\\boxed{0.5}")])
+            q.put((res[0].correct, p._workers[0].proc.pid != parent_pid))
+            p.close()
+
+        proc = mp.get_context("fork").Process(target=child)
+        proc.start()
+        got = q.get(timeout=30)
+        proc.join(30)
+        assert got == (True, True)
+        assert p._workers[0].proc.is_alive()  # the parent's worker survived the child's close()
+        assert p.verify_many([("1", "\\boxed{2}")])[0].correct is False

@@ -253,6 +253,7 @@ class VerifyPool:
         self._ctx: mp.context.BaseContext | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()
         self.restarts = 0  # workers replaced after a timeout or crash
 
     # lifecycle
@@ -267,6 +268,9 @@ class VerifyPool:
         """Start the worker processes (done automatically on first use)."""
         if self._closed:
             raise RuntimeError("VerifyPool is closed")
+        if self._pid != os.getpid():  # a forked copy: the workers and fork server belong to the parent
+            self._workers, self._pid = [], os.getpid()
+            self._ctx = mp.get_context("spawn")
         if self._ctx is None:
             self._ctx = _context(self.start_method)
         while len(self._workers) < self.n_workers:
@@ -275,7 +279,7 @@ class VerifyPool:
     def close(self) -> None:
         """Stop every worker and reap it; safe to call twice."""
         with self._lock:
-            for w in self._workers:
+            for w in self._workers if self._pid == os.getpid() else []:
                 w.stop()
             self._workers = []
             self._closed = True
@@ -314,7 +318,12 @@ class VerifyPool:
             return [r for r in results if r is not None]
         with self._lock:
             self.start()
-            self._run(pairs, todo, results, limit)
+            try:
+                self._run(pairs, todo, results, limit)
+            except BaseException:  # Ctrl-C or a bug: busy workers hold stale items, so replace them
+                for w in [w for w in self._workers if w.item is not None]:
+                    self._replace(w)
+                raise
         return [r if r is not None else VerifyResult(False, "crash", 0.0) for r in results]
 
     def _run(self, pairs: list[tuple[str, str]], todo: list[int], results: list[VerifyResult | None],
