@@ -175,8 +175,9 @@ def encode_rows(processor: Any, rows: Sequence[Row], *, max_seq_len: int, bad: B
             continue
         length = len(item["input_ids"])
         if length > max_seq_len:
-            bad.handle(DataError(f"sample {row.sample.id!r} has {length} tokens ({item.get('num_tiles', 0)} image "
-                                 f"tiles), more than max_seq_len {max_seq_len}", field="messages", **where),
+            tiles = sum(item.get("num_tiles") or [])
+            bad.handle(DataError(f"sample {row.sample.id!r} has {length} tokens ({tiles} image tiles), more than "
+                                 f"max_seq_len {max_seq_len}", field="messages", **where),
                        "too_long")
             continue
         labels = torch.as_tensor(item["labels"])
