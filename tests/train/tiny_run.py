@@ -1,9 +1,10 @@
 """A tiny training run used by the train tests (run as a script or imported).
 
     python tests/train/tiny_run.py OUT_DIR [--steps 10] [--save-every 2] [--resume] [--sleep 0.0]
-        [--micro 2] [--accum 1] [--dropout 0.1] [--precision fp32]
+        [--micro 2] [--accum 1] [--dropout 0.1] [--precision fp32] [--model torch|qwen2]
 
-A random 2-layer Qwen2 causal LM (with dropout, so RNG restoring matters) learns random token
+A small plain-torch LM (`--model torch`, the default: starts fast) or a random 2-layer Qwen2
+(`--model qwen2`), both with dropout so RNG restoring matters, learns random token
 sequences whose first few tokens are a masked prompt. Final trainable weights go to OUT_DIR/final.safetensors.
 Under `accelerate launch` / torchrun it runs data-parallel.
 """
@@ -30,6 +31,30 @@ def tiny_model(dropout: float = 0.0, seed: int = 0) -> torch.nn.Module:
                          attention_dropout=dropout, tie_word_embeddings=False)
     config._attn_implementation = "eager"
     return Qwen2ForCausalLM(config)
+
+
+class TinyLM(torch.nn.Module):
+    """A plain-torch causal LM (no transformers import, so subprocesses start fast): each position sees
+    itself and the previous token; dropout makes the RNG state matter."""
+
+    def __init__(self, dropout: float = 0.0, seed: int = 0, width: int = 32) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed_tokens = torch.nn.Embedding(VOCAB, width)
+        self.mix = torch.nn.Linear(2 * width, width)
+        self.norm = torch.nn.LayerNorm(width)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, 2 * width), torch.nn.GELU(), torch.nn.Dropout(dropout),
+                                       torch.nn.Linear(2 * width, width))
+        self.lm_head = torch.nn.Linear(width, VOCAB, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):  # noqa: ARG002
+        from types import SimpleNamespace
+
+        x = self.embed_tokens(input_ids)  # [B, T, D]
+        prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+        h = self.mix(torch.cat([x, prev], dim=-1))
+        h = h + self.mlp(self.norm(h))
+        return SimpleNamespace(logits=self.lm_head(h))
 
 
 def tiny_dataset(n: int = 48, seed: int = 1) -> list[dict]:
@@ -61,7 +86,8 @@ def collate(items: list[dict]) -> dict:
 
 def freeze_embeddings(model: torch.nn.Module) -> None:
     """A stand-in for a trainable-part policy: the input embeddings stay frozen."""
-    model.model.embed_tokens.weight.requires_grad_(False)
+    inner = getattr(model, "model", model)
+    inner.embed_tokens.weight.requires_grad_(False)
 
 
 def main() -> None:
@@ -76,10 +102,11 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--model", choices=["torch", "qwen2"], default="torch")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    model = tiny_model(args.dropout)
+    model = tiny_model(args.dropout) if args.model == "qwen2" else TinyLM(args.dropout)
     freeze_embeddings(model)
     cfg = TrainConfig(lr=args.lr, warmup_ratio=0.1, max_steps=args.steps, save_every=args.save_every, keep_last=2,
                       micro_batch_size=args.micro, grad_accum=args.accum, precision=args.precision, device="cpu",
