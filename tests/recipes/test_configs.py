@@ -50,7 +50,7 @@ def test_every_stage_ships_a_config_and_has_valid_defaults(stage: str) -> None:
 
 def test_stage_for_config_by_name_and_header(tmp_path: Path) -> None:
     for name, stage in [("sft.yaml", "sft"), ("sft_smol.yaml", "sft"), ("iterative_sft.yaml", "iterative-sft"),
-                        ("align-38b.yaml", "align"), ("grpo_x.yaml", None)]:
+                        ("align-38b.yaml", "align"), ("zz_not_a_stage.yaml", None)]:
         p = tmp_path / name
         p.write_text("model: tiny\n")
         assert stage_for_config(p) == stage, name

@@ -89,8 +89,8 @@ def test_rounds_train_on_the_right_data_with_per_round_lr(tmp_path: Path, monkey
 def test_cli_shipped_config_with_real_judging(tmp_path: Path) -> None:
     out = tmp_path / "run"
     res = CliRunner().invoke(app, [
-        "train", "iterative-sft", "--config", str(CONFIGS / "iterative_sft.yaml"), "data=synthetic:6", "rounds=2",
-        "tau=[3,5]", "gen_max_new_tokens=4", "eval_data=synthetic-heldout:2", "train.max_steps=1",
+        "train", "iterative-sft", "--config", str(CONFIGS / "iterative_sft.yaml"), "data=synthetic:4", "rounds=2",
+        "tau=[3,5]", "gen_max_new_tokens=2", "eval_data=synthetic-heldout:2", "eval_limit=1", "train.max_steps=1",
         "train.micro_batch_size=2", f"train.out_dir={out}", "train.progress=false", "train.plots=false",
         "train.device=cpu"])
     assert res.exit_code == 0, res.output

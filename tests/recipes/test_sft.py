@@ -91,10 +91,11 @@ def test_length_grouping_covers_every_sample_once_and_cuts_padding() -> None:
 
 def test_cli_runs_the_shipped_config_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
+    data, heldout = write_dataset(tmp_path / "d", n=4), write_dataset(tmp_path / "h", n=2)
 
     def args(*extra: str) -> list[str]:
-        return ["train", "sft", "--config", str(CONFIGS / "sft.yaml"), "model=tiny", "data=synthetic:8",
-                "eval_data=synthetic-heldout:2", "eval_max_new_tokens=4", "train.micro_batch_size=2",
+        return ["train", "sft", "--config", str(CONFIGS / "sft.yaml"), "model=tiny", f"data={data}",
+                f"eval_data={heldout}", "eval_max_new_tokens=4", "train.micro_batch_size=2",
                 "train.grad_accum=1", f"train.out_dir={out}", "train.progress=false", "train.plots=false",
                 "train.device=cpu", *extra]
 
