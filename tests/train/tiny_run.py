@@ -90,6 +90,37 @@ def freeze_embeddings(model: torch.nn.Module) -> None:
     inner.embed_tokens.weight.requires_grad_(False)
 
 
+def run(out: Path, steps: int = 10, save_every: int = 2, resume: bool = False, sleep: float = 0.0, micro: int = 2,
+        accum: int = 1, dropout: float = 0.1, precision: str = "fp32", lr: float = 3e-3, model: str = "torch") -> None:
+    """One run on one thread (so in-process and subprocess runs do the same float arithmetic)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = tiny_model(dropout) if model == "qwen2" else TinyLM(dropout)
+        freeze_embeddings(net)
+        cfg = TrainConfig(lr=lr, warmup_ratio=0.1, max_steps=steps, save_every=save_every, keep_last=2,
+                          micro_batch_size=micro, grad_accum=accum, precision=precision, device="cpu", out_dir=out,
+                          resume=resume, report_to=["jsonl"], progress=False, plots=False, seed=5)
+
+        def on_step(state, metrics):
+            state.extra["loss_sum"] = state.extra.get("loss_sum", 0.0) + metrics["sft"]
+            if sleep:
+                time.sleep(sleep)
+
+        result = train(net, tiny_dataset(), sft_objective(), cfg, collate_fn=collate, on_step=on_step)
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            from safetensors.torch import save_file
+
+            weights = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+            save_file(weights, str(out / "final.safetensors"))
+            (out / "final_extra.txt").write_text(repr(result.state.extra["loss_sum"]))
+            print(f"done step={result.state.step} loss={result.last_metrics['sft']:.6f}", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
@@ -103,30 +134,8 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--model", choices=["torch", "qwen2"], default="torch")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    model = tiny_model(args.dropout) if args.model == "qwen2" else TinyLM(args.dropout)
-    freeze_embeddings(model)
-    cfg = TrainConfig(lr=args.lr, warmup_ratio=0.1, max_steps=args.steps, save_every=args.save_every, keep_last=2,
-                      micro_batch_size=args.micro, grad_accum=args.accum, precision=args.precision, device="cpu",
-                      out_dir=args.out, resume=args.resume, report_to=["jsonl"], progress=False, plots=False, seed=5)
-
-    def on_step(state, metrics):
-        state.extra["loss_sum"] = state.extra.get("loss_sum", 0.0) + metrics["sft"]
-        if args.sleep:
-            time.sleep(args.sleep)
-
-    result = train(model, tiny_dataset(), sft_objective(), cfg, collate_fn=collate, on_step=on_step)
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(args.out / "final.safetensors"))
-        (args.out / "final_extra.txt").write_text(repr(result.state.extra["loss_sum"]))
-        print(f"done step={result.state.step} loss={result.last_metrics['sft']:.6f}", flush=True)
+    args = vars(ap.parse_args())
+    run(args.pop("out"), **args)
 
 
 if __name__ == "__main__":
