@@ -310,6 +310,16 @@ class TransformersEngine:
             procs.append(ThinkBudget(self.close_ids, params.max_think_tokens, prompt_len, rows))
         return procs
 
+    def _think_tokens(self, ids: list[int], text: str) -> int:
+        """Tokens before the first `</think>` (all of them when the thought never closed)."""
+        k = len(self.close_ids)
+        for i in range(len(ids) - k + 1):
+            if ids[i:i + k] == self.close_ids:
+                return i
+        if THINK_CLOSE in text:  # written with another tokenisation of "</think>"
+            return len(self.tokenizer.encode(text.split(THINK_CLOSE)[0], add_special_tokens=False))
+        return len(ids)
+
     def _starts_in_think(self, prompt_ids: list[int]) -> bool:
         tail = self.tokenizer.decode(prompt_ids[-8:], skip_special_tokens=False)
         return tail.rstrip().endswith(THINK_OPEN)
@@ -365,11 +375,7 @@ class TransformersEngine:
             if finish == "length" and params.stop and any(s in text for s in params.stop):
                 finish = "stop"
             think, answer = split_completion(text, starts_in_think[r])
-            n_think = len(ids)
-            if think is not None and THINK_CLOSE in text:
-                n_think = len(self.tokenizer.encode(text.split(THINK_CLOSE)[0], add_special_tokens=False))
-            elif think is None:
-                n_think = 0
+            n_think = self._think_tokens(ids, text) if think is not None else 0
             token_lists.append(ids)
             completions.append(Completion(text=text, token_ids=ids, finish_reason=finish, think=think,
                                           answer=answer, num_think_tokens=n_think,
