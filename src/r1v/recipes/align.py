@@ -111,6 +111,7 @@ def run(cfg: AlignConfig, console: Console | None = None) -> dict:
 
     swapped = swap_llm(substitute, cfg.reasoning_llm, template=cfg.template)
     swapped.name = "swapped"
+    swapped.model.to(next(substitute.model.parameters()).device)  # the new LLM loads on CPU; keep one device
     final = save_vlm(swapped, out / "final")
     after_swap = accuracy(swapped)
 
