@@ -156,6 +156,7 @@ def plot_rounds(rounds: list[dict], path: Path) -> Path:
             ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=label)
     ax.set_xlabel("round (0 = M_0)")
     ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xticks(xs)
     ax.legend()
     ax.set_title("iterative SFT")
