@@ -29,6 +29,7 @@ STAGES: dict[str, str] = {
     "iterative-sft": "r1v.recipes.iterative_sft",
     "distill": "r1v.recipes.distill",
     "rejection-sample": "r1v.recipes.rejection_sample",
+    "grpo": "r1v.recipes.grpo",
 }
 
 _STAGE_LINE = re.compile(r"^#\s*r1v-stage:\s*([\w-]+)\s*$", re.MULTILINE)
