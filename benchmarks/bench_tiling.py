@@ -4,12 +4,13 @@ Both sides start from the PNG path (decode + white alpha compositing + grid choi
 crop + thumbnail + ImageNet normalisation), with the same settings (448 px tiles, 1..12 tiles,
 thumbnail). Baseline: `tile_image_reference` (PIL resize, PIL crop per tile, numpy normalisation per
 tile). Ours: `tile_image`. Images are timed in alternating order (ours/baseline, then
-baseline/ours for the next image) so a busy shared machine affects both sides alike; each side's
-images/s is images / total seconds. torch runs with one thread by default (`--threads`),
-so each side uses one core; on an oversubscribed machine more OpenMP threads only add contention. The details report tiles/s, whether every grid was identical, and
-the largest pixel difference in normalised units and in uint8 levels.
+baseline/ours for the next image) so a busy shared machine affects both sides alike. Headline:
+images / total wall seconds per side; images per process-CPU-second are reported too (less
+disturbed by other work on a shared machine). `--threads N` sets torch's intra-op threads (only
+ours' resize uses them; default: torch's own). The details also give tiles/s, whether every grid
+was identical, and the largest pixel difference in normalised units and uint8 levels.
 
-Run: `.venv/bin/python benchmarks/bench_tiling.py [--limit N] [--json out.json]`
+Run: `.venv/bin/python benchmarks/bench_tiling.py [--limit N] [--threads N] [--json out.json]`
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images (0 = all)")
     parser.add_argument("--max-tiles", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: one core per side, as in a DataLoader worker; "
-                             "PIL and numpy in the baseline are single-threaded)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads for the resize (default 0: torch's default; 1 = one core "
+                             "per side, as in a DataLoader worker; the baseline's PIL and numpy are single-threaded)")
     parser.add_argument("--json", type=Path, default=None, help="write the result object here")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     paths = sorted(p for p in DATA.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
     if args.limit:
         paths = paths[: args.limit]
@@ -44,7 +46,8 @@ def main() -> None:
     tile_image(paths[0], **settings)  # warm-up (lazy imports, kernel dispatch) for both sides
     tile_image_reference(paths[0], **settings)
 
-    t_ours = t_base = 0.0
+    t_ours = t_base = 0.0  # wall-clock seconds
+    c_ours = c_base = 0.0  # process CPU seconds (robust to other load on a shared machine)
     tiles = 0
     grids_identical = True
     max_diff = 0.0
@@ -53,13 +56,13 @@ def main() -> None:
         results = {}
         for is_ours in order:
             fn = tile_image if is_ours else tile_image_reference
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             results[is_ours] = fn(path, **settings)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
             if is_ours:
-                t_ours += elapsed
+                t_ours, c_ours = t_ours + elapsed, c_ours + cpu
             else:
-                t_base += elapsed
+                t_base, c_base = t_base + elapsed, c_base + cpu
         (ours_px, ours_grid), (base_px, base_grid) = results[True], results[False]
         tiles += ours_px.shape[0]
         if ours_grid != base_grid or ours_px.shape != base_px.shape:
@@ -81,6 +84,9 @@ def main() -> None:
             "ours_tiles_per_s": round(tiles / t_ours, 1),
             "baseline_tiles_per_s": round(tiles / t_base, 1),
             "grids_identical": grids_identical,
+            "ours_images_per_cpu_s": round(n / c_ours, 2),
+            "baseline_images_per_cpu_s": round(n / c_base, 2),
+            "ratio_cpu_time": round(c_base / c_ours, 3),
             "max_abs_diff_normalised": round(max_diff, 5),
             "max_abs_diff_uint8_levels": round(max_diff * 255 * min(IMAGENET_STD), 2),
             "tolerance_normalised": round(PIXEL_TOLERANCE, 5),
@@ -92,6 +98,7 @@ def main() -> None:
     print(f"{'':10}{'images/s':>10}{'tiles/s':>10}")
     print(f"{'ours':10}{ours:10.1f}{tiles / t_ours:10.1f}")
     print(f"{'baseline':10}{base:10.1f}{tiles / t_base:10.1f}")
+    print(f"per CPU-second: ours {n / c_ours:.1f}, baseline {n / c_base:.1f} images (ratio {c_base / c_ours:.2f}x)")
     print(f"ratio {ours / base:.2f}x over {n} images; grids identical: {grids_identical}; "
           f"max |diff| {max_diff:.4f} (tolerance {PIXEL_TOLERANCE:.4f})")
     if args.json:

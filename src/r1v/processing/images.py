@@ -106,9 +106,12 @@ def _to_rgb(im: Image.Image, alpha: str) -> Image.Image:
     if im.mode.startswith("I") or im.mode == "F":
         im = _to_8bit(im)
     if alpha == "white" and _has_alpha(im):
-        rgba = im.convert("RGBA")
+        rgba = im if im.mode == "RGBA" else im.convert("RGBA")
+        mask = rgba.getchannel("A")
+        if mask.getextrema()[0] == 255:  # fully opaque: nothing to composite
+            return rgba.convert("RGB")
         out = Image.new("RGB", rgba.size, (255, 255, 255))
-        out.paste(rgba, mask=rgba.getchannel("A"))
+        out.paste(rgba, mask=mask)
         return out
     if im.mode == "RGB":
         return im

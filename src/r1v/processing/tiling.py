@@ -14,16 +14,15 @@ Two implementations live here:
   torch's antialiased uint8 bicubic kernel (PIL's a=-0.5 filter, pixel centres and pass order, in
   fixed point; several times faster than PIL); shrinking resizes use PIL itself (see `_resized`).
   Tiles are cut by a reshape/permute view (no per-tile PIL crops) and normalised in place in one
-  preallocated float32 tensor (uint8 -> float copy, then one per-channel multiply and add).
-  It leaves torch's global thread count alone: on a shared, oversubscribed CPU (or in DataLoader
-  workers) run it with `torch.set_num_threads(1)`.
+  preallocated float32 array (per channel: one uint8 -> float multiply, one add).
+  The resize is the only torch op (it uses torch's intra-op threads); the rest is numpy.
 - `tile_image_reference`: the obvious PIL pipeline (PIL resize, PIL crop per tile, numpy
   normalisation per tile), kept as test oracle and baseline of `benchmarks/bench_tiling.py`.
 
 Tolerance: both give identical grids; pixel values differ only by the fixed-point rounding of the
 two bicubic kernels when enlarging: at most `PIXEL_TOLERANCE_LEVELS` (3) uint8 levels, i.e.
 `PIXEL_TOLERANCE` = 3 / 255 / min(std) ~= 0.0525 in normalised units (measured on the 400 K12
-figures: 2 levels, 0.035). Shrinking resizes are bit-identical to the reference.
+figures: 2 levels, 0.035). Shrinking resizes give the reference's uint8 pixels exactly.
 """
 
 from __future__ import annotations
@@ -83,17 +82,24 @@ def choose_grid(width: int, height: int, *, tile_size: int = 448, min_tiles: int
     return best
 
 
-@lru_cache(maxsize=1)
-def _affine() -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel scale and shift so that x_uint8 * scale + shift == (x/255 - mean) / std."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float64)
-    scale = (1.0 / (255.0 * std)).float().view(3, 1, 1)
-    shift = (-mean / std).float().view(3, 1, 1)
-    return scale, shift
+# per-channel x_uint8 * SCALE + SHIFT == (x/255 - mean) / std
+_SCALE = [np.float32(1.0 / (255.0 * sd)) for sd in IMAGENET_STD]
+_SHIFT = [np.float32(-m / sd) for m, sd in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)]
 
 
-def _resized(rgb: Image.Image, src: torch.Tensor, width: int, height: int) -> torch.Tensor:
+def _normalise_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst[..., c, :, :] = src * scale_c + shift_c: uint8 in, float32 out, no temporaries.
+
+    numpy (single-threaded) rather than torch: as fast as one torch thread here, and immune to
+    OpenMP thread contention when the CPU is oversubscribed.
+    """
+    for c in range(3):
+        plane = dst[..., c, :, :]
+        np.multiply(src[..., c, :, :], _SCALE[c], out=plane, dtype=np.float32)
+        np.add(plane, _SHIFT[c], out=plane)
+
+
+def _resized(rgb: Image.Image, src: torch.Tensor, width: int, height: int) -> np.ndarray:
     """Bicubic resize of `rgb` (also given as `src`, a [1,3,H,W] uint8 view) -> [3,height,width] uint8.
 
     Enlarging (the common case: grids are at least as large as most figures) runs torch's uint8
@@ -104,11 +110,13 @@ def _resized(rgb: Image.Image, src: torch.Tensor, width: int, height: int) -> to
     """
     src_h, src_w = src.shape[-2:]
     if (src_w, src_h) == (width, height):
-        return src[0]
+        return src[0].numpy()
     if width >= src_w and height >= src_h:
-        return F.interpolate(src, size=(height, width), mode="bicubic", antialias=True, align_corners=False)[0]
-    out = rgb.resize((width, height), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.array(out, dtype=np.uint8)).permute(2, 0, 1)
+        # channels-last input runs the fast kernel; its channels-last output is made planar in
+        # uint8 (cheaper than a transposing uint8 -> float conversion later)
+        out = F.interpolate(src, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+        return out[0].contiguous().numpy()
+    return np.asarray(rgb.resize((width, height), Image.Resampling.BICUBIC)).transpose(2, 0, 1)
 
 
 def _as_rgb(image: Any, alpha: str) -> Image.Image:
@@ -133,16 +141,14 @@ def tile_image(image: Any, *, tile_size: int = 448, min_tiles: int = 1, max_tile
 
     # HWC uint8 viewed as [1,3,H,W] (channels-last memory, which the uint8 resize kernel prefers)
     src = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
-    scale, shift = _affine()
-    out = torch.empty(n_total, 3, s, s, dtype=torch.float32)
+    out = np.empty((n_total, 3, s, s), dtype=np.float32)
 
     big = _resized(rgb, src, s * cols, s * rows)  # [3, rows*S, cols*S]
-    tiles = big.reshape(3, rows, s, cols, s).permute(1, 3, 0, 2, 4)  # [rows, cols, 3, S, S], a view
-    out[:n_grid].view(rows, cols, 3, s, s).copy_(tiles)  # uint8 -> float32, one pass
+    tiles = big.reshape(3, rows, s, cols, s).transpose(1, 3, 0, 2, 4)  # [rows, cols, 3, S, S], a view
+    _normalise_into(out[:n_grid].reshape(rows, cols, 3, s, s), tiles)
     if n_total > n_grid:
-        out[n_grid].copy_(_resized(rgb, src, s, s))
-    out.mul_(scale).add_(shift)
-    return out, (cols, rows)
+        _normalise_into(out[n_grid], _resized(rgb, src, s, s))
+    return torch.from_numpy(out), (cols, rows)
 
 
 def tile_images(images: list[Any], *, tile_size: int = 448, min_tiles: int = 1, max_tiles: int = 12,
