@@ -131,3 +131,22 @@ def test_collate_right_padding(tokenizer):
     assert batch["num_tiles"] == [1] and batch["pixel_values"].shape[0] == 1
     with pytest.raises(DataError, match="record x"):
         proc.encode_for_training(Sample(id="x", messages=[Message("user", "no answer")]))
+
+
+def test_batch_tiles_each_distinct_image_once(tokenizer, monkeypatch):
+    import r1v.processing.processor as mod
+
+    calls = []
+    real = mod.tile_images
+
+    def counting(images, **kw):
+        calls.append(len(images))
+        return real(images, **kw)
+
+    monkeypatch.setattr(mod, "tile_images", counting)
+    proc = Processor(tokenizer, SPEC)
+    s = sample(1, sizes=((56, 28),))
+    batch = proc.encode_batch_prompts([s, s, s])  # e.g. GRPO: the same prompt n times
+    assert calls == [1]
+    assert batch["num_tiles"] == [3, 3, 3] and batch["pixel_values"].shape[0] == 9
+    assert torch.equal(batch["pixel_values"][:3], batch["pixel_values"][6:])

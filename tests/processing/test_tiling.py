@@ -149,3 +149,16 @@ def test_tile_images_multi():
     assert torch.equal(pv[1:5], single)
     empty, none = tile_images([])
     assert none == [] and empty.shape == (0, 3, 448, 448)
+
+
+def test_bad_images_raise_image_error(tmp_path):
+    from r1v.errors import ImageError
+
+    with pytest.raises(ImageError, match="zero size"):
+        tile_image(Image.new("RGB", (0, 4)))
+    with pytest.raises(ImageError, match="missing.png"):
+        tile_images([Image.new("RGB", (4, 4)), tmp_path / "missing.png"])
+    # non-RGB PIL inputs go through load_image (alpha composited onto white)
+    pv, _ = tile_image(Image.new("RGBA", (8, 8), (0, 0, 0, 0)), tile_size=8)
+    white = [(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)]
+    assert torch.allclose(pv[0, :, 0, 0], torch.tensor(white), atol=1e-5)

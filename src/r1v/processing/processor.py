@@ -17,6 +17,7 @@ segment boundaries exactly.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,7 +68,10 @@ class Processor:
             ids += self._text_ids(piece)
         return ids, cursor
 
-    def _images(self, sample: Any, messages: list[Any]) -> tuple[torch.Tensor | None, list[int]]:
+    def _images(self, sample: Any, messages: list[Any],
+                cache: dict[Any, tuple[torch.Tensor, list[int]]] | None = None) -> tuple[torch.Tensor | None, list[int]]:
+        """Tile the sample's images after checking one `<image>` tag per image; `cache` (per batch)
+        tiles an image shared by several rows (e.g. GRPO's repeated prompts) once."""
         n_tags = sum(m.content.count(IMAGE_TAG) for m in messages)
         images = list(sample.images or [])
         if n_tags != len(images):
@@ -75,18 +79,32 @@ class Processor:
                             record=sample.id, field="images")
         if not images:
             return None, []
+        if cache is None:
+            return self._tile(images)
+        parts, tiles = [], []
+        for image in images:
+            key = str(image) if isinstance(image, (str, Path)) else id(image)
+            if key not in cache:
+                cache[key] = self._tile([image])
+            parts.append(cache[key][0])
+            tiles += cache[key][1]
+        return torch.cat(parts), tiles
+
+    def _tile(self, images: list[Any]) -> tuple[torch.Tensor, list[int]]:
         spec = self.spec
-        pixel_values, tiles = tile_images(images, tile_size=spec.tile_size, min_tiles=spec.min_tiles,
-                                          max_tiles=spec.max_tiles, use_thumbnail=spec.use_thumbnail,
-                                          alpha=spec.alpha)
-        return pixel_values, tiles
+        return tile_images(images, tile_size=spec.tile_size, min_tiles=spec.min_tiles, max_tiles=spec.max_tiles,
+                           use_thumbnail=spec.use_thumbnail, alpha=spec.alpha)
 
     # ---- generation ---------------------------------------------------------------------------
     def encode_prompt(self, sample: Any, think: bool = True) -> dict[str, Any]:
         """One prompt: input_ids/attention_mask LongTensor [1, L], pixel_values [N,3,S,S] or None,
         num_tiles (tiles per image)."""
+        return self._encode_prompt(sample, think, None)
+
+    def _encode_prompt(self, sample: Any, think: bool,
+                       cache: dict[Any, tuple[torch.Tensor, list[int]]] | None) -> dict[str, Any]:
         messages = sample.prompt_messages()
-        pixel_values, tiles = self._images(sample, messages)
+        pixel_values, tiles = self._images(sample, messages, cache)
         text = render_prompt(messages, self.spec.template, think=think, add_generation_prompt=True)
         ids, _ = self._ids_with_images(text, tiles, 0)
         input_ids = torch.tensor([ids], dtype=torch.long)
@@ -96,7 +114,8 @@ class Processor:
     def encode_batch_prompts(self, samples: list[Any], think: bool = True) -> dict[str, Any]:
         """A LEFT-padded batch of prompts: input_ids/attention_mask [B, L], pixel_values of all images
         concatenated in sample order (or None), num_tiles (flat, per image), num_images (per sample)."""
-        encoded = [self.encode_prompt(s, think=think) for s in samples]
+        cache: dict[Any, tuple[torch.Tensor, list[int]]] = {}  # each distinct image tiled once
+        encoded = [self._encode_prompt(s, think, cache) for s in samples]
         width = max(e["input_ids"].shape[1] for e in encoded)
         input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)

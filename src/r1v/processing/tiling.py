@@ -119,12 +119,6 @@ def _resized(rgb: Image.Image, src: torch.Tensor, width: int, height: int) -> np
     return np.asarray(rgb.resize((width, height), Image.Resampling.BICUBIC)).transpose(2, 0, 1)
 
 
-def _as_rgb(image: Any, alpha: str) -> Image.Image:
-    if isinstance(image, Image.Image) and image.mode == "RGB":
-        return image
-    return load_image(image, alpha=alpha)
-
-
 def tile_image(image: Any, *, tile_size: int = 448, min_tiles: int = 1, max_tiles: int = 12,
                use_thumbnail: bool = True, alpha: str = "white") -> tuple[torch.Tensor, Grid]:
     """Tile one image (path, bytes or PIL image) -> (pixel_values float32 [N,3,S,S], (cols, rows)).
@@ -133,7 +127,7 @@ def tile_image(image: Any, *, tile_size: int = 448, min_tiles: int = 1, max_tile
     `alpha` is the transparency policy of `load_image` ('white' or 'drop').
     """
     _check_bounds(tile_size, min_tiles, max_tiles)
-    rgb = _as_rgb(image, alpha)
+    rgb = load_image(image, alpha=alpha)  # an RGB PIL image passes through unchanged
     width, height = rgb.size
     cols, rows = choose_grid(width, height, tile_size=tile_size, min_tiles=min_tiles, max_tiles=max_tiles)
     s, n_grid = tile_size, cols * rows
