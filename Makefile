@@ -28,7 +28,14 @@ test: $(STAMP) lint
 test-all: $(STAMP) lint
 	$(VENV)/bin/pytest -q
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.r1v-bench-installed
+
+# the benchmarks compare against TRL: the `bench` extra on top of the dev install
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
