@@ -81,7 +81,7 @@ def test_grpo_raises_mean_reward_on_a_tiny_task(tmp_path, plugin) -> None:
                 "entropy", "entropy_critical", "completion_length", "truncated_share", "grad_norm"):
         assert key in rows[-1], key
     assert 0 < rows[0]["entropy"] < 6.0  # uniform over ~263 tokens is ln(263) = 5.57
-    assert any(not torch.equal(before[n], p) for n, p in vlm.model.named_parameters())
+    assert any(not torch.equal(before[n], p.detach().cpu()) for n, p in vlm.model.named_parameters())
     assert (tmp_path / "final" / "r1v.json").exists() and (tmp_path / "summary.json").exists()
 
 
