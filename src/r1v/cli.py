@@ -115,6 +115,13 @@ def assets(
         _fail(e)
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
+    metrics_file = paths["vision_tower"] / "metrics.json"
+    if metrics_file.is_file():
+        import json
+
+        metrics = json.loads(metrics_file.read_text())
+        typer.echo(f"vision tower: easy-VQA test accuracy {metrics['easyvqa_test_accuracy']}, "
+                   f"questions {metrics['easyvqa_test_question_accuracy']}, trained {metrics['seconds']} s")
 
 
 @app.command()
