@@ -30,6 +30,9 @@ STAGES: dict[str, str] = {
     "distill": "r1v.recipes.distill",
     "rejection-sample": "r1v.recipes.rejection_sample",
     "grpo": "r1v.recipes.grpo",
+    "mpo": "r1v.recipes.mpo",
+    "rm": "r1v.recipes.reward_model",
+    "connector-tune": "r1v.recipes.connector_tune",
 }
 
 _STAGE_LINE = re.compile(r"^#\s*r1v-stage:\s*([\w-]+)\s*$", re.MULTILINE)
