@@ -14,7 +14,17 @@ from r1v.algos.ssb import SSBConfig
 from r1v.data.schema import Sample
 from r1v.model.build import build_preset
 from r1v.recipes.common import apply_trainable
-from r1v.recipes.grpo import GRPOConfig, RewardItem, frozen_reference, plot_reward_and_ratio, train_grpo
+from r1v.recipes.grpo import (
+    GRPOConfig,
+    RewardItem,
+    RolloutItem,
+    build_reward,
+    collate,
+    completion_logits,
+    frozen_reference,
+    plot_reward_and_ratio,
+    train_grpo,
+)
 from r1v.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -141,7 +151,7 @@ def test_kl_is_measured_against_a_frozen_reference(tmp_path, plugin) -> None:
     assert not torch.equal(next(vlm.model.parameters()), next(ref.parameters()))
 
     vlm = fresh_model()
-    cfg = config(tmp_path, f"{plugin}:lower_share", beta=0.1, mask_truncated_completions=True,
+    cfg = config(tmp_path, f"{plugin}:lower_share", beta=0.1, num_generations=4, prompts_per_step=2,
                  train={"max_steps": 3})
     train_grpo(vlm, prompts(), cfg)
     rows = metrics(tmp_path)
@@ -150,6 +160,41 @@ def test_kl_is_measured_against_a_frozen_reference(tmp_path, plugin) -> None:
     assert rows[0]["kl_mean"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before any update
     assert rows[-1]["kl_mean"] > 1e-4  # the reference stayed behind while the policy moved
     assert 0 < rows[-1]["ratio_mean"] and rows[-1]["clip_frac"] >= 0
+
+
+def test_collate_lines_up_completions_and_masks_truncated_ones() -> None:
+    from r1v.processing.processor import Processor
+
+    vlm = build_preset("tiny")
+    proc = Processor(vlm.tokenizer, vlm.spec)
+    old = torch.tensor([-0.5, -0.25])
+    items = [RolloutItem(prompts(2, images=True)[1], [5, 6, 7], truncated=True),
+             RolloutItem(prompts(1)[0], [8, 9], truncated=False, old_logp=old)]
+    b = collate(proc, items, [1.0, -1.0], think=False, pad_id=0, mask_truncated=True)
+    width = b["input_ids"].shape[1] - 3
+    assert b["completion_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert b["completion_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert b["input_ids"][:, width:].tolist() == b["completion_ids"].tolist()
+    assert b["attention_mask"][1, -1] == 0 and b["pixel_values"] is not None
+    assert b["sequence_mask"].tolist() == [False, True] and b["has_old"].tolist() == [False, True]
+    assert torch.equal(b["old_logp"][1, :2], old)
+    pos = b["position_ids"][1]
+    assert pos[b["attention_mask"][1].bool()].tolist() == list(range(int(b["attention_mask"][1].sum())))
+    with torch.no_grad():
+        logits = completion_logits(vlm.model, b)
+    assert logits.shape == (2, 3, vlm.model.config.text_config.vocab_size)
+
+
+def test_hybrid_reward_adds_the_reward_model_score(plugin) -> None:
+    plugin.with_name("rm.py").write_text("def score(completion, columns):\n    return 2.0\n")
+    columns = {"id": "x", "answer": "A", "choices": ["1", "2"]}
+    good, bad = "<think>compare</think> \\boxed{A}", "B"
+    cfg = GRPOConfig(reward_model=f"{plugin.with_name('rm.py')}:score", reward_model_weight=0.5)
+    parts = build_reward(cfg)(good, columns)
+    assert parts["accuracy"] == 1.0 and parts["format"] == 1.0 and parts["rm"] == 2.0
+    assert parts["overall"] == pytest.approx(1.0 + 1.0 + 0.5 * 2.0)  # r_rule + r_format + w * r_RM
+    parts = build_reward(cfg, reward_model=lambda completion, columns: -1.0)(bad, columns)
+    assert parts["overall"] == pytest.approx(0.0 + 0.0 + 0.5 * -1.0)
 
 
 def test_config_rejects_bad_values(tmp_path) -> None:

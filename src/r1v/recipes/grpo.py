@@ -21,6 +21,10 @@ One rollout batch per loop turn:
    fraction, entropy and critical-token entropy of the thinking span, completion length, truncated
    share; atomic checkpoints with the buffer, RNG and data position in `extra`.
 
+Scale: one training process (any device; bf16 via `train.precision`), rollouts on vLLM with tensor
+parallelism for big models. The loop runs under accelerate, but prompts are not yet sharded across
+data-parallel processes and only rank 0's buffer is checkpointed, so launch it as a single process.
+
 `train.max_steps` counts optimiser steps (`num_iterations` per rollout batch); checkpoints are written
 at rollout-batch boundaries. `train.grad_accum` is derived (the rollout batch split into micro-batches).
 Writes `final/`, `checkpoints/`, `metrics.jsonl`, `plots/` (one PNG per metric plus
