@@ -422,7 +422,8 @@ def pair_logps(model: nn.Module, batch: dict, shared_prompt: bool = True) -> tup
 
 
 def _can_share_prompt(model: nn.Module) -> bool:
-    return not getattr(model, "is_gradient_checkpointing", False)
+    """False under gradient checkpointing (layers recompute in backward and drop the KV cache)."""
+    return not any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
 class SyncedRunningMean(RunningMean):
