@@ -7,8 +7,9 @@ So `VerifyPool` sends one item at a time to each worker process and, when an ite
 timeout, kills that worker (SIGKILL, then join, so no zombie is left), starts a fresh one and scores
 the item False with reason "timeout". A worker that dies for any other reason scores its item False
 with reason "crash". Workers are started with the `forkserver` method (`spawn` where it is missing),
-which is safe in threaded parents (torch, tokenizers) and under pytest; the fork server preloads
-math-verify, so replacing a killed worker costs milliseconds. As with any multiprocessing code, a
+which is safe in threaded parents (torch, tokenizers) and under pytest; the fork server imports
+math-verify and runs `warm_up()` once, so every worker starts warm and replacing a killed worker costs
+milliseconds. As with any multiprocessing code, a
 script that uses the pool at import time needs an `if __name__ == "__main__":` guard.
 
 Order matters in math-verify: the GOLD is parsed and passed first (`verify(gold, pred)`).
@@ -42,6 +43,7 @@ from r1v.rewards.extract import last_boxed
 _ENV_RE = re.compile(r"\\boxed|\\fbox|(?<!\\)\$|\\\(|\\\[")  # an escaped \$ is a dollar sign
 _NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+")
 _INT_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)")
+STARTUP_LIMIT_S = 300.0  # a worker that has not warmed up by then is broken
 _WRAP_MAX_CHARS = 1000  # longer bare text is prose, not an answer: parse it as it is
 _SPACE_CMDS_RE = re.compile(r"\\left|\\right|\\[,;:! ]|\\displaystyle|\s+")
 
@@ -132,13 +134,57 @@ def math_verify_check(gold: str, pred: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))  # type: ignore[arg-type]
 
 
+# Typical answer shapes (not benchmark items): verifying them once fills ANTLR's parser cache and sympy's
+# lazy imports. The fork server runs this before forking workers, so every worker (and every replacement
+# after a timeout) starts warm instead of each paying the same first-use cost.
+WARM_PAIRS: list[tuple[str, str]] = [
+    ("1", "\\boxed{1}"), ("\\frac{1}{2}", "\\boxed{0.5}"), ("x^2", "\\boxed{x^{2}}"),
+    ("\\sqrt{2}", "\\boxed{\\frac{2}{\\sqrt{2}}}"), ("2\\sqrt{3}", "\\boxed{\\sqrt{12}}"),
+    ("\\frac{\\pi}{4}", "\\boxed{\\pi/4}"), ("(1,2)", "\\boxed{(1, 2)}"), ("[0,1)", "\\boxed{[0,1)}"),
+    ("(-\\infty, 3]", "\\boxed{(-\\infty,3]}"), ("\\{1,2\\}", "\\boxed{\\{2,1\\}}"), ("x=5", "\\boxed{5}"),
+    ("3x+2", "\\boxed{2+3x}"), ("\\dfrac{3}{4}", "\\boxed{0.75}"), ("10\\%", "\\boxed{10\\%}"),
+    ("\\text{(A)}", "\\boxed{A}"), ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\boxed{\\begin{pmatrix}1\\\\2\\end{pmatrix}}"),
+    ("90^\\circ", "\\boxed{90}"), ("\\$5.00", "\\boxed{5}"), ("-\\frac{1}{3}", "\\boxed{-1/3}"),
+    ("2^{10}", "\\boxed{1024}"), ("\\log_2 8", "\\boxed{3}"), ("\\sin x", "\\boxed{\\sin(x)}"), ("1 + i", "\\boxed{i + 1}"),
+    ("\\infty", "\\boxed{\\infty}"), ("a^2 - b^2", "\\boxed{(a-b)(a+b)}"), ("\\text{Monday}", "\\boxed{\\text{monday}}"),
+    ("0.\\overline{3}", "\\boxed{\\frac13}"), ("12\\text{ cm}", "\\boxed{12}"), ("y = 2x + 1", "\\boxed{y=1+2x}"),
+    ("3, 5", "\\boxed{5, 3}"),
+]
+# more shapes, each checked against itself boxed: unions, inequalities, trig, logs, bases, units, matrices
+WARM_ANSWERS = [
+    "(-\\infty, -2) \\cup (3, \\infty)", "x \\le 4", "-2 < x \\ge 1", "a \\neq b", "\\pm 3", "2 \\cdot 5",
+    "3 \\times 10^{5}", "\\tfrac{7}{8}", "\\binom{6}{2}", "\\sqrt[3]{4}", "\\ln 2", "\\cos \\theta",
+    "\\tan^{-1}(1)", "\\arcsin \\frac{1}{2}", "e^{2x}", "|x - 1|", "\\lfloor 2.5 \\rfloor", "1011_2",
+    "5\\text{ inches}", "\\mathrm{m}^2", "\\textbf{(C)}", "-0.25", "1.5 \\times 10^{-3}", "\\frac{-1 \\pm \\sqrt{5}}{2}",
+    "\\left( \\frac{1}{2}, -3 \\right)", "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "2, 3, 5", "\\{ -1, 1 \\}",
+    "f(x) = x^3 - 1", "\\dfrac{\\sqrt{3}}{2}", "4\\pi", "\\frac{3\\sqrt{2}}{4}", "x^2 + 2x + 1", "[-1, 1]",
+    "\\text{even}", "7!", "\\$1,\\!000", "\\angle ABC = 30^\\circ", "p - q", "6 - 5i",
+]
+WARM_PAIRS += [(a, f"\\boxed{{{a}}}") for a in WARM_ANSWERS]
+_warmed = False
+
+
+def warm_up() -> None:
+    """Verify `WARM_PAIRS` once in this process (quietly); later calls do nothing."""
+    global _warmed
+    if _warmed:
+        return
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled" is on purpose
+    for gold, pred in WARM_PAIRS:
+        try:
+            math_verify_check(gold, pred)
+        except Exception:
+            pass
+    _warmed = True
+
+
 def _worker_main(conn: Connection, memory_limit_mb: int | None) -> None:
     """Worker loop: receive (gold, pred), send (correct, reason); `None` or a closed pipe ends it."""
-    import logging
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and kills us
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled" is on purpose
     if memory_limit_mb:
         try:
             import resource
@@ -147,10 +193,11 @@ def _worker_main(conn: Connection, memory_limit_mb: int | None) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         except (ImportError, ValueError, OSError):
             pass
+    warm_up()  # a no-op when the fork server already did it
     try:
-        math_verify_check("1", "1")  # warm up lazy imports before the first timed item
-    except Exception:
-        pass
+        conn.send("ready")  # the parent starts an item's clock only after this
+    except (EOFError, OSError):
+        return
     while True:
         try:
             msg = conn.recv()
@@ -189,7 +236,7 @@ def _context(start_method: str | None = None) -> mp.context.BaseContext:
             return mp.get_context(start_method)
     if "forkserver" in methods:
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["r1v.rewards.verify", "math_verify"])
+        ctx.set_forkserver_preload(["r1v.rewards._verify_warm"])
         return ctx
     return mp.get_context("spawn")
 
@@ -202,6 +249,8 @@ class _Worker:
         self.proc.start()
         child.close()
         self.conn = parent
+        self.ready = False  # set when the worker reports "ready" (imports and warm-up done)
+        self.born = time.perf_counter()
         self.item: int | None = None
         self.started = 0.0
 
@@ -294,6 +343,7 @@ class VerifyPool:
         """Empty sympy's expression cache in every worker (benchmarks use it to time cold rounds)."""
         with self._lock:
             self.start()
+            self._await_ready()
             for w in self._workers:
                 w.conn.send("clear_cache")
             for w in self._workers:
@@ -326,12 +376,37 @@ class VerifyPool:
                 raise
         return [r if r is not None else VerifyResult(False, "crash", 0.0) for r in results]
 
+    def _await_ready(self) -> None:
+        """Block until every worker has reported "ready"."""
+        while not all(w.ready for w in self._workers):
+            self._poll_starting(list(self._workers), set(wait(self._starting_handles(), timeout=1.0)))
+
+    def _starting_handles(self) -> list[Any]:
+        return [h for w in self._workers if not w.ready for h in (w.conn, w.proc.sentinel)]
+
+    def _poll_starting(self, workers: list[_Worker], ready: set[Any]) -> None:
+        """Mark workers that reported "ready"; replace ones that died or hung while starting."""
+        now = time.perf_counter()
+        for w in workers:
+            if w.ready:
+                continue
+            if w.conn in ready:
+                try:
+                    w.ready = w.conn.recv() == "ready"
+                    continue
+                except (EOFError, OSError):
+                    pass
+            if w.conn in ready or w.proc.sentinel in ready:
+                self._replace(w)
+            elif now - w.born > STARTUP_LIMIT_S:
+                raise RuntimeError(f"verify worker did not start within {STARTUP_LIMIT_S:.0f}s")
+
     def _run(self, pairs: list[tuple[str, str]], todo: list[int], results: list[VerifyResult | None],
              limit: float) -> None:
         queue = list(reversed(todo))
         while queue or any(w.item is not None for w in self._workers):
-            for w in self._workers:  # hand out work
-                if w.item is None and queue:
+            for w in self._workers:  # hand out work to ready, idle workers
+                if w.ready and w.item is None and queue:
                     i = queue.pop()
                     try:
                         w.conn.send(pairs[i])
@@ -341,12 +416,12 @@ class VerifyPool:
                         continue
                     w.item, w.started = i, time.perf_counter()
             busy = [w for w in self._workers if w.item is not None]
-            if not busy:
-                continue
+            starting = self._starting_handles()
             now = time.perf_counter()
-            wait_s = max(0.0, min(w.started + limit for w in busy) - now)
-            handles: list[Any] = [w.conn for w in busy] + [w.proc.sentinel for w in busy]
+            wait_s = max(0.0, min(w.started + limit for w in busy) - now) if busy else 1.0
+            handles: list[Any] = [h for w in busy for h in (w.conn, w.proc.sentinel)] + starting
             ready = set(wait(handles, timeout=wait_s))
+            self._poll_starting([w for w in self._workers if not w.ready], ready)
             now = time.perf_counter()
             for w in busy:
                 i = w.item
