@@ -304,6 +304,7 @@ class VerifyPool:
         self._closed = False
         self._pid = os.getpid()
         self.restarts = 0  # workers replaced after a timeout or crash
+        self._start_failures = 0
 
     # lifecycle
     def __enter__(self) -> VerifyPool:
@@ -397,6 +398,10 @@ class VerifyPool:
                 except (EOFError, OSError):
                     pass
             if w.conn in ready or w.proc.sentinel in ready:
+                self._start_failures += 1
+                if self._start_failures > 3 * self.n_workers:
+                    raise RuntimeError("verify workers keep dying while starting; check that math-verify "
+                                       "imports in a fresh Python (`python -c 'import math_verify'`)")
                 self._replace(w)
             elif now - w.born > STARTUP_LIMIT_S:
                 raise RuntimeError(f"verify worker did not start within {STARTUP_LIMIT_S:.0f}s")
