@@ -36,8 +36,9 @@ def answer(colour: str) -> str:
     return f"<think>\nThe square is {colour}.\n</think>\n\n\\boxed{{{colour}}}"
 
 
-def write_pairs(folder: Path, n: int = 8, extra: list[str] = ()) -> Path:
-    """`folder/pairs.jsonl`: n one-image colour questions, chosen = right colour, rejected = wrong colour."""
+def write_pairs(folder: Path, n: int = 8, extra: list[str] = (), ill_formed: bool = False) -> Path:
+    """`folder/pairs.jsonl`: n one-image colour questions, chosen = right colour, rejected = wrong colour
+    (`ill_formed`: rejected = a bare guess without reasoning or box)."""
     folder.mkdir(parents=True, exist_ok=True)
     names = list(COLOURS)
     lines = []
@@ -45,7 +46,8 @@ def write_pairs(folder: Path, n: int = 8, extra: list[str] = ()) -> Path:
         colour, wrong = names[i % 4], names[(i + 1) % 4]
         Image.new("RGB", (56, 56), COLOURS[colour]).save(folder / f"img{i}.png")
         lines.append(json.dumps({"id": f"p{i}", "question": "What colour is the square?", "image": f"img{i}.png",
-                                 "answer": colour, "chosen": answer(colour), "rejected": answer(wrong),
+                                 "answer": colour, "chosen": answer(colour),
+                                 "rejected": f"maybe {wrong}?" if ill_formed else answer(wrong),
                                  "chosen_score": 1.0, "rejected_score": 0.0}))
     path = folder / "pairs.jsonl"
     path.write_text("\n".join([*lines, *extra]) + "\n")
