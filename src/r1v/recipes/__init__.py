@@ -30,6 +30,7 @@ STAGES: dict[str, str] = {
     "distill": "r1v.recipes.distill",
     "rejection-sample": "r1v.recipes.rejection_sample",
     "grpo": "r1v.recipes.grpo",
+    "pipeline": "r1v.recipes.pipeline",
     "mpo": "r1v.recipes.mpo",
     "rm": "r1v.recipes.reward_model",
     "connector-tune": "r1v.recipes.connector_tune",

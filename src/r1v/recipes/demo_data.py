@@ -1,0 +1,161 @@
+"""Micro-scale data for the demo and `scale=micro` pipelines, all generated from a seed.
+
+- `rendered_rows`: rendered tasks (`r1v.data.synthetic`) with a short prompt and a worked `<think>`
+  chain read off the scene ("There are 3 circles and 2 squares. 3 + 2 = 5."), then `\\boxed{answer}`.
+- `text_rows`: text-only `<think>` arithmetic in the same words, for the "reasoning" LLM variant.
+- `write_prepared`: `train.jsonl` (with chains), `rl.jsonl` (prompts only), `heldout.jsonl` (held-out
+  split, prompts only) and `text.jsonl` into a folder; stages read them as ordinary data files.
+- `rendered_source`: rendered images with class labels (family, shape counts, digits, largest colour) as a
+  `LabelledImages` source for the vision tower's pretraining beside easy-VQA.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from r1v.data.schema import Message, Sample
+from r1v.data.sources import atomic_write_text, sample_to_record
+from r1v.data.synthetic import COLOURS, FAMILIES, SHAPES, generate_tasks, plural
+from r1v.recipes.common import Row
+
+INSTRUCTION = "Put the final answer in \\boxed{}."
+OPS = {"plus": ("+", lambda a, b: a + b), "minus": ("-", lambda a, b: a - b),
+       "times": ("x", lambda a, b: a * b)}
+
+
+def _count(scene: dict, kind: str, colour: str | None = None) -> int:
+    return sum(1 for o in scene["objects"] if o["kind"] == kind and (colour is None or o["colour"] == colour))
+
+
+def chain(sample: Sample) -> str:
+    """The worked reasoning of a rendered task, from its scene (one or two short sentences)."""
+    meta, scene, answer = sample.meta, sample.meta["scene"], sample.answer
+    target, family = meta.get("target", {}), meta["family"]
+    if family == "count" or (family == "arith" and "kinds" not in target):
+        kind, colour = target["kind"], target.get("colour")
+        what = f"{colour + ' ' if colour else ''}{plural(kind)}"
+        n = _count(scene, kind, colour)
+        return f"I count the {what}: there are {n}." if n else f"I see no {what}, so there are 0."
+    if family == "arith":
+        a, b = target["kinds"]
+        na, nb = _count(scene, a), _count(scene, b)
+        sym, fn = OPS[target["op"]]
+        return f"There are {na} {plural(a)} and {nb} {plural(b)}. {na} {sym} {nb} = {fn(na, nb)}."
+    if family == "digit":
+        return f"The number written in the image is {answer}."
+    if family == "bar":
+        if meta.get("unanswerable"):
+            return f"There is no bar labelled {target['label']}, so the answer is none."
+        return f"The bar labelled {target['label']} reaches {answer} on the axis."
+    if family == "compare":
+        kind = scene["objects"][0]["kind"]
+        return f"The {answer} {kind} is the biggest shape."
+    return f"The answer is {answer}."
+
+
+def target_text(thought: str, answer: str) -> str:
+    return f"<think>\n{thought}\n</think>\n\n\\boxed{{{answer}}}"
+
+
+def prompt_sample(task: Sample) -> Sample:
+    """The task with the demo's short prompt (question + boxed-answer instruction)."""
+    text = f"<image>\n{task.question.replace('<image>', '').strip()} {INSTRUCTION}"
+    return replace(task, messages=[Message("user", text)])
+
+
+def rendered_rows(n: int, *, seed: int = 0, split: str = "train", image_size: int = 112,
+                  unanswerable_ratio: float = 0.1, families: Sequence[str] = FAMILIES,
+                  difficulties: Sequence[int] = (1, 2), with_target: bool = True) -> list[Row]:
+    """n rendered tasks as stage rows (prompt, and a worked `<think>` chain when `with_target`)."""
+    rows = []
+    tasks = generate_tasks(n, seed=seed, split=split, image_size=image_size, families=tuple(families),
+                           difficulties=tuple(difficulties), unanswerable_ratio=unanswerable_ratio)
+    for i, task in enumerate(tasks):
+        s = prompt_sample(task)
+        if with_target:
+            s = replace(s, messages=[*s.messages, Message("assistant", target_text(chain(task), task.answer))])
+        rows.append(Row(s, f"rendered:{split}", i))
+    return rows
+
+
+def text_rows(n: int, *, seed: int = 0) -> list[Row]:
+    """n text-only arithmetic word problems with `<think>` chains in the rendered tasks' words."""
+    rng = random.Random(f"text:{seed}")
+    rows = []
+    for i in range(n):
+        a, b = rng.sample(SHAPES, 2)
+        na, nb = rng.randint(1, 9), rng.randint(1, 9)
+        op = rng.choice(["plus", "plus", "minus", "times"])
+        if op == "minus" and na < nb:
+            na, nb = nb, na
+        sym, fn = OPS[op]
+        words = {"plus": "plus", "minus": "minus", "times": "multiplied by"}[op]
+        q = (f"There are {na} {plural(a)} and {nb} {plural(b)}. What is the number of {plural(a)} {words} "
+             f"the number of {plural(b)}? {INSTRUCTION}")
+        value = fn(na, nb)
+        thought = f"There are {na} {plural(a)} and {nb} {plural(b)}. {na} {sym} {nb} = {value}."
+        s = Sample(id=f"text-{seed}-{i}", messages=[Message("user", q), Message("assistant",
+                                                                                   target_text(thought, str(value)))],
+                   images=[], answer=str(value), meta={"family": "text-arith"})
+        rows.append(Row(s, "text", i))
+    return rows
+
+
+def _write(rows: list[Row], path: Path, image_dir: Path) -> Path:
+    lines = [json.dumps(sample_to_record(r.sample, base=path.parent, image_dir=image_dir)) for r in rows]
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def write_prepared(prep: Any, folder: Path, *, seed: int = 0) -> dict[str, Path]:
+    """Write the `Prepare` section's files into `folder` (train/rl/heldout/text .jsonl + images/)."""
+    folder = Path(folder)
+    images = folder / "images"
+    kw = {"seed": seed, "image_size": prep.image_size, "unanswerable_ratio": prep.unanswerable_ratio,
+          "families": prep.families, "difficulties": prep.difficulties}
+    out: dict[str, Path] = {}
+    if prep.train:
+        train = rendered_rows(prep.train, split="train", **kw)
+        out["train"] = _write(train, folder / "train.jsonl", images)
+        prompts = [Row(replace(r.sample, messages=r.sample.messages[:1]), r.source, r.record) for r in train]
+        out["rl"] = _write(prompts, folder / "rl.jsonl", images)
+    if prep.heldout:
+        out["heldout"] = _write(rendered_rows(prep.heldout, split="heldout", with_target=False, **kw),
+                                folder / "heldout.jsonl", images)
+    if prep.text:
+        out["text"] = _write(text_rows(prep.text, seed=seed), folder / "text.jsonl", images)
+    return out
+
+
+def rendered_source(n: int = 1200, *, seed: int = 0, image_size: int = 112) -> Any:
+    """Rendered training images with labels for the tower's pretraining heads: task family, the count of
+    each shape kind, the drawn number's ones and tens digits, and the colour of the largest shape."""
+    from r1v.assets import LabelledImages
+
+    tasks = generate_tasks(n, seed=seed + 1000, split="train", image_size=image_size)
+    colours = list(COLOURS)
+    heads: dict[str, list[str]] = {"family": list(FAMILIES), **{k: [str(c) for c in range(16)] for k in SHAPES},
+                                   "ones": [str(d) for d in range(10)], "tens": [str(d) for d in range(10)],
+                                   "largest": colours}
+    labels = {h: np.full(n, -1, dtype=np.int64) for h in heads}
+    for i, t in enumerate(tasks):
+        scene, family = t.meta["scene"], t.meta["family"]
+        labels["family"][i] = FAMILIES.index(family)
+        if family in ("count", "arith", "compare"):
+            for k in SHAPES:
+                labels[k][i] = min(15, _count(scene, k))
+        if family == "digit":
+            value = int(t.answer)
+            labels["ones"][i] = value % 10
+            if value >= 10:
+                labels["tens"][i] = (value // 10) % 10
+        if family == "compare":
+            labels["largest"][i] = colours.index(t.answer)
+    images = [t.images[0] for t in tasks]
+    return LabelledImages(name="rendered", classes=heads, labels=labels, image=lambda i: images[i], n=n)

@@ -1,0 +1,346 @@
+"""A generation's recipe as ordered stages handing off through named checkpoint folders.
+
+    r1v train pipeline --config configs/r1v.yaml scale=micro
+    r1v train pipeline --config configs/r1v2.yaml scale=tiny out_dir=runs/r1v2_tiny
+
+Each step names a stage of `r1v.recipes.STAGES` (or the built-in `reasoning-llm`, text-only SFT of an
+LLM on `<think>` arithmetic), the stage's config as in its own YAML, and per-scale overrides (`micro`:
+the same stages on the `smol`/`tiny` presets with tiny step counts; `tiny` adds overrides on top for
+tests). `inputs` hands checkpoints on: `{model: sft}` sets the step's `model` to the `final` folder of
+step `sft` (or `{reasoning_llm: reason.final}` for any key of that step's summary). Every step writes
+into `out_dir/<step name>/`; with `resume: true` a step whose `summary.json` exists is not run again.
+
+After every step the pipeline evaluates the models named in the step's `report` rows on the held-out
+set (greedy): accuracy overall and per task family, mean thinking length, hallucination rate (rendered
+tasks with known scenes), and the effective-sample ratio of RL steps, then writes `report.json`
+(`{"stages": [{"name", "accuracy", ...}]}`), `report.md`, `report.html` and `plots/*.png`. Strings in
+step configs may say `{data}` (the folder `prepare` writes rendered/text data into) or `{seed}`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+
+from r1v.config import from_dict, to_dict
+from r1v.errors import ConfigError
+from r1v.train import TrainConfig
+
+Scale = Literal["full", "micro", "quick", "tiny"]
+CASCADE = ("micro", "quick", "tiny")
+"""Scale overrides apply in this order: scale `quick` applies `micro` then `quick`; `tiny` all three."""
+BUILTIN = ("reasoning-llm",)
+
+
+@dataclass
+class ReportRow:
+    """One row of the stage table: a label and the summary key holding the model folder to evaluate."""
+
+    label: str = ""
+    model: str = "final"
+    """A key of the step's summary (dotted for nested values, e.g. `rounds.1.model`)."""
+
+
+@dataclass
+class Step:
+    """One stage run of the pipeline."""
+
+    name: str = ""
+    """Folder name under `out_dir` and the name later steps hand off from."""
+    stage: str = "sft"
+    """A stage of `r1v.recipes.STAGES` or `reasoning-llm`."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The stage's config (the mapping its own YAML holds)."""
+    micro: dict[str, Any] = field(default_factory=dict)
+    """Overrides merged into `config` at scale micro (and quick, tiny)."""
+    quick: dict[str, Any] = field(default_factory=dict)
+    """Overrides merged on top at scale quick (and tiny)."""
+    tiny: dict[str, Any] = field(default_factory=dict)
+    """Overrides merged on top at scale tiny (tests)."""
+    only: list[str] = field(default_factory=list)
+    """Scales this step runs at ([] = all); a hand-off from a step that did not run keeps the config value."""
+    inputs: dict[str, str] = field(default_factory=dict)
+    """config key -> `step` (its `final` folder) or `step.summary_key`."""
+    report: list[ReportRow] = field(default_factory=lambda: [ReportRow()])
+    """Models of this step evaluated into the table ([] for none)."""
+
+
+@dataclass
+class Prepare:
+    """Data written into `out_dir/data` before the steps (0 = not written)."""
+
+    train: int = 0
+    """Rendered tasks with a worked `<think>` chain -> `{data}/train.jsonl`."""
+    heldout: int = 0
+    """Held-out rendered tasks (the report's evaluation set) -> `{data}/heldout.jsonl`."""
+    text: int = 0
+    """Text-only `<think>` arithmetic for the reasoning LLM -> `{data}/text.jsonl`."""
+    image_size: int = 112
+    unanswerable_ratio: float = 0.1
+    families: list[str] = field(default_factory=lambda: ["count", "arith", "digit", "bar", "compare"])
+    difficulties: list[int] = field(default_factory=lambda: [1, 2])
+
+
+@dataclass
+class EvalSettings:
+    """The held-out evaluation after every step."""
+
+    data: str | None = "synthetic-heldout:16"
+    """Held-out samples with gold answers (a file, `synthetic-heldout:N`, or `{data}/heldout.jsonl`); null: none."""
+    limit: int = 64
+    max_new_tokens: int = 64
+    batch_size: int = 16
+
+
+@dataclass
+class PipelineConfig:
+    """`r1v train pipeline`: a generation's stages, its scale, and where it writes."""
+
+    generation: str = "r1v"
+    scale: Scale = "full"
+    out_dir: Path = Path("runs/pipeline")
+    seed: int = 0
+    resume: bool = False
+    """Reuse steps whose `summary.json` exists in `out_dir/<step>`."""
+    prepare: Prepare = field(default_factory=Prepare)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    micro: dict[str, Any] = field(default_factory=dict)
+    """Top-level overrides (e.g. `eval`, `prepare`) at scale micro (and quick, tiny)."""
+    quick: dict[str, Any] = field(default_factory=dict)
+    tiny: dict[str, Any] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+    notes: str = ""
+    """Where the recipe's numbers come from (kept in the report)."""
+
+    def validate(self) -> None:
+        names = [s.name for s in self.steps]
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise ConfigError(f"steps: every step needs a unique name, got {names}")
+        for i, step in enumerate(self.steps):
+            for key, src in step.inputs.items():
+                if src.split(".")[0] not in names[:i]:
+                    raise ConfigError(f"steps[{i}] ({step.name}).inputs.{key}: {src!r} is not an earlier step")
+            bad = sorted(set(step.only) - {"full", *CASCADE})
+            if bad:
+                raise ConfigError(f"steps[{i}] ({step.name}).only: unknown scale(s) {bad}")
+            for scale in ("full", *CASCADE):
+                if not step.only or scale in step.only:
+                    step_config(self, step, scale)  # every scale's stage config validates now, not mid-run
+
+
+CONFIG = PipelineConfig
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` merged into a copy of `base` (nested mappings merged, everything else replaced)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def scaled(cfg: PipelineConfig) -> PipelineConfig:
+    """The config with its top-level `micro`/`tiny` overrides applied for `cfg.scale`."""
+    if cfg.scale == "full":
+        return cfg
+    data = to_dict(cfg)
+    for level in CASCADE[:CASCADE.index(cfg.scale) + 1]:
+        data = deep_merge(data, getattr(cfg, level))
+    data["micro"], data["quick"], data["tiny"] = {}, {}, {}
+    return from_dict(PipelineConfig, data, f"pipeline (scale={cfg.scale})")
+
+
+def _stage_class(stage: str) -> type | None:
+    if stage == "reasoning-llm":
+        return ReasoningLLMConfig
+    from r1v.recipes import STAGES, stage_module
+
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; known: {', '.join([*STAGES, *BUILTIN])}")
+    return stage_module(stage).CONFIG
+
+
+def _fill(value: Any, subs: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        for k, v in subs.items():
+            value = value.replace("{" + k + "}", v)
+        return value
+    if isinstance(value, dict):
+        return {k: _fill(v, subs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, subs) for v in value]
+    return value
+
+
+def step_config(cfg: PipelineConfig, step: Step, scale: str | None = None, handed: dict[str, str] | None = None
+                ) -> Any:
+    """The step's typed stage config at `scale`: config + scale overrides + hand-offs + the pipeline's
+    out_dir/seed (`train.out_dir` = `out_dir/<step>`, `train.seed` = `seed`)."""
+    scale = scale or cfg.scale
+    data = dict(step.config)
+    if scale != "full":
+        for level in CASCADE[:CASCADE.index(scale) + 1]:
+            data = deep_merge(data, getattr(step, level))
+    data.update(handed or {})
+    data = _fill(data, {"data": str(Path(cfg.out_dir) / "data"), "seed": str(cfg.seed)})
+    cls = _stage_class(step.stage)
+    names = {f.name for f in fields(cls)}
+    out_dir = str(Path(cfg.out_dir) / step.name)
+    if "train" in names:
+        data["train"] = {**data.get("train", {}), "out_dir": out_dir, "seed": cfg.seed}
+    elif "out_dir" in names:
+        data["out_dir"] = out_dir
+    return from_dict(cls, data, f"steps.{step.name} ({step.stage}, scale={scale})")
+
+
+def _lookup(summary: dict, key: str) -> Any:
+    node: Any = summary
+    for part in key.split("."):
+        if isinstance(node, list):
+            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            node = None
+    return node
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
+    """Run every step in order, evaluate, and write the report; returns report.json's content."""
+    from r1v.recipes import stage_module
+    from r1v.recipes.pipeline_report import evaluate_model, held_out, write_report
+
+    console = console or Console()
+    cfg = scaled(cfg)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if cfg.prepare.train or cfg.prepare.heldout or cfg.prepare.text:
+        from r1v.recipes.demo_data import write_prepared
+
+        write_prepared(cfg.prepare, out / "data", seed=cfg.seed)
+    eval_samples = held_out(cfg.eval, out / "data")
+    summaries: dict[str, dict] = {}
+    rows: list[dict] = []
+    steps = [s for s in cfg.steps if not s.only or cfg.scale in s.only]
+    for i, step in enumerate(steps, start=1):
+        handed = {}
+        for key, src in step.inputs.items():
+            name, _, sub = src.partition(".")
+            if name not in summaries:
+                continue
+            value = _lookup(summaries[name], sub or "final")
+            if value is None:
+                raise ConfigError(f"steps.{step.name}.inputs.{key}: step {name!r} has no {sub or 'final'!r}")
+            handed[key] = str(value)
+        stage_cfg = step_config(cfg, step, handed=handed)
+        elapsed = time.perf_counter() - started
+        console.rule(f"[bold][{i}/{len(steps)}] {step.name} ({step.stage})[/] - {elapsed / 60:.1f} min so far"
+                     + (f", about {elapsed / (i - 1) * (len(steps) - i + 1) / 60:.1f} min to go" if i > 1 else ""))
+        summary_path = out / step.name / "summary.json"
+        t0 = time.perf_counter()
+        if cfg.resume and summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+            console.print(f"{step.name}: reusing {summary_path}")
+        elif step.stage == "reasoning-llm":
+            summary = run_reasoning_llm(stage_cfg, console=console)
+        else:
+            summary = stage_module(step.stage).run(stage_cfg, console=console)
+        summaries[step.name] = summary
+        seconds = time.perf_counter() - t0
+        for r in step.report:
+            folder = _lookup(summary, r.model)
+            if folder is None:
+                raise ConfigError(f"steps.{step.name}.report: the summary has no {r.model!r}")
+            row = {"name": r.label or step.name, "step": step.name, "stage": step.stage, "model": str(folder),
+                   "train_seconds": round(seconds, 1)}
+            if eval_samples:
+                row.update(evaluate_model(str(folder), eval_samples, cfg.eval, console=console))
+            if step.stage == "grpo":
+                row.update(effective_ratio=summary.get("effective_ratio_mean"),
+                           effective_ratio_without=summary.get("effective_ratio_without_mean"),
+                           reward_first=summary.get("reward_first"), reward_last=summary.get("reward_last"),
+                           metrics=str(out / step.name / "metrics.jsonl"))
+            rows.append(row)
+            seconds = 0.0
+    return write_report(cfg, rows, summaries, out, wall_seconds=time.perf_counter() - started, console=console)
+
+
+# ---------------------------------------------------------------------------------------------- reasoning LLM
+
+@dataclass
+class ReasoningLLMConfig:
+    """The built-in `reasoning-llm` step: make a "reasoning" variant of an LLM by text-only SFT on
+    `<think>` step-by-step data (R1V's f_l stands in for DeepSeek-R1-distill at micro scale)."""
+
+    llm: str = "tiny"
+    """A preset (tiny, smol) or an LLM folder."""
+    data: str = "text:64"
+    """A .jsonl of text-only samples ending with an assistant turn, or `text:N` (generated arithmetic)."""
+    template: str | None = None
+    """Chat template (default: the one `assemble` would pick for this LLM)."""
+    max_seq_len: int = 512
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, out_dir=Path("runs/reasoning_llm"),
+                                                                   policy="full"))
+    """`policy` is ignored: the whole LLM trains."""
+
+    def validate(self) -> None:
+        if self.max_seq_len < 8:
+            raise ConfigError(f"max_seq_len: must be >= 8, got {self.max_seq_len}")
+        self.train.validate()
+
+
+def run_reasoning_llm(cfg: ReasoningLLMConfig, console: Console | None = None) -> dict:
+    """Text-only SFT of the whole LLM; writes an LLM folder (`final/`) `swap_llm` accepts."""
+    from r1v.model.build import guess_template, load_llm
+    from r1v.processing.processor import Processor
+    from r1v.processing.spec import ProcessingSpec
+    from r1v.recipes.common import (
+        BadSamples,
+        Row,
+        collate_groups,
+        encode_rows,
+        grouped_training_set,
+        write_summary,
+    )
+    from r1v.recipes.demo_data import text_rows
+    from r1v.train import sft_objective, train
+
+    console = console or Console()
+    out = cfg.train.out_dir
+    llm, tok = load_llm(cfg.llm)
+    template = cfg.template or ("r1v3" if cfg.llm == "tiny" else guess_template(tok))
+    if cfg.data.startswith("text:"):
+        rows = text_rows(int(cfg.data.split(":")[1]), seed=cfg.train.seed)
+    else:
+        from r1v.recipes.common import read_stage_data
+
+        rows = read_stage_data(cfg.data)
+    rows = [Row(r.sample, r.source, r.record) for r in rows]
+    processor = Processor(tok, ProcessingSpec(template=template))
+    bad = BadSamples("error")
+    encoded = encode_rows(processor, rows, max_seq_len=cfg.max_seq_len, bad=bad)
+    dataset, loop_cfg, stats = grouped_training_set(encoded, cfg.train)
+    for p in llm.parameters():
+        p.requires_grad_(True)
+    console.print(f"reasoning-llm: text-only SFT of {cfg.llm} on {len(encoded)} <think> samples ({template})")
+    result = train(llm, dataset, sft_objective(), loop_cfg, collate_fn=collate_groups(processor))
+    final = Path(out) / "final"
+    llm.eval()
+    llm.save_pretrained(final)
+    tok.save_pretrained(final)
+    summary = {"stage": "reasoning-llm", "llm": cfg.llm, "template": template, "final": str(final),
+               "samples": {"used": len(encoded), **stats}, "steps": result.state.step,
+               "last_metrics": result.last_metrics, "config": to_dict(cfg)}
+    write_summary(Path(out), summary)
+    return summary

@@ -1,0 +1,218 @@
+"""The pipeline's evaluation and report: one row per evaluated model, shaped like R1V's Table 2.
+
+`evaluate_model` runs greedy generation on the held-out set and measures accuracy (overall, per task
+family, on unanswerable items), the mean number of thinking tokens and the hallucination rate
+(`r1v.eval.hallucination`, rendered tasks only). `write_report` writes `report.json`, `report.md`,
+`report.html` and `plots/` (accuracy by stage; GRPO reward and effective-sample ratio per step), and
+states plainly which steps helped and which did not.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from r1v.config import to_dict
+from r1v.data.schema import Sample
+from r1v.data.sources import atomic_write_text
+from r1v.recipes.common import print_table, read_stage_data
+
+TABLE_KEYS = ("accuracy", "think_tokens_mean", "hallucination_rate", "effective_ratio")
+
+
+def held_out(settings: Any, data_dir: Path) -> list[Sample]:
+    """The evaluation samples (`{data}` in the spec means the pipeline's data folder)."""
+    if not settings.data:
+        return []
+    spec = settings.data.replace("{data}", str(data_dir))
+    return [r.sample for r in read_stage_data(spec, limit=settings.limit, with_target=False)]
+
+
+def evaluate_model(folder: str, samples: Sequence[Sample], settings: Any, console: Console | None = None) -> dict:
+    """Greedy answers of the model in `folder` on `samples`: accuracy (overall, by family, unanswerable),
+    mean thinking tokens, hallucination rate and a few example completions."""
+    from r1v.eval.hallucination import hallucination_report
+    from r1v.model.build import load_vlm
+    from r1v.rewards.rules import accuracy_many, columns_of
+    from r1v.rollout.engine import SamplingParams, TransformersEngine
+
+    vlm = load_vlm(folder)
+    engine = TransformersEngine(vlm)
+    params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=0.0, top_p=1.0,
+                            repetition_penalty=1.0)
+    completions = []
+    status = console.status("evaluating on the held-out set") if console else None
+    if status:
+        status.start()
+    try:
+        for start in range(0, len(samples), settings.batch_size):
+            for group in engine.generate(list(samples[start:start + settings.batch_size]), params):
+                completions.append(group[0])
+                if status:
+                    status.update(f"evaluating on the held-out set: {len(completions)}/{len(samples)}")
+    finally:
+        if status:
+            status.stop()
+    scores = accuracy_many([c.answer for c in completions], [columns_of(s) for s in samples])
+    correct = [p["accuracy"] >= 1.0 for p in scores]
+    by_family: dict[str, list[bool]] = {}
+    for s, ok in zip(samples, correct, strict=True):
+        key = "unanswerable" if s.meta.get("unanswerable") else str(s.meta.get("family", "other"))
+        by_family.setdefault(key, []).append(ok)
+    hall = hallucination_report(samples, [c.text for c in completions], with_items=False)
+    return {"accuracy": sum(correct) / len(correct) if correct else None,
+            "accuracy_by_family": {k: sum(v) / len(v) for k, v in sorted(by_family.items())},
+            "n": len(samples), "think_tokens_mean": sum(c.num_think_tokens for c in completions) / len(completions),
+            "hallucination_rate": hall["rate"], "hallucination_scored": hall["scored"],
+            "truncated_share": sum(c.finish_reason == "length" for c in completions) / len(completions),
+            "examples": [{"id": s.id, "answer_gold": s.answer, "completion": c.text[:400], "correct": ok}
+                         for s, c, ok in list(zip(samples, completions, correct, strict=True))[:3]]}
+
+
+# ---------------------------------------------------------------------------------------------- verdicts
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """Plain sentences: did each step raise held-out accuracy over the row before it, and the final row
+    over the first and over stage-1 SFT?"""
+    out = []
+    scored = [r for r in rows if isinstance(r.get("accuracy"), (int, float))]
+    for prev, cur in zip(scored, scored[1:], strict=False):
+        d = cur["accuracy"] - prev["accuracy"]
+        word = "helped" if d > 0 else ("did not change held-out accuracy" if d == 0 else "did NOT help")
+        out.append(f"{cur['name']}: {word} ({prev['accuracy']:.3f} -> {cur['accuracy']:.3f}, {d:+.3f} vs "
+                   f"{prev['name']}).")
+    if len(scored) >= 2:
+        first, last = scored[0], scored[-1]
+        out.append(f"Overall: {last['name']} {last['accuracy']:.3f} vs {first['name']} {first['accuracy']:.3f} "
+                   f"({'above' if last['accuracy'] > first['accuracy'] else 'NOT above'}).")
+        sft = next((r for r in scored if r["stage"] == "sft"), None)
+        if sft is not None and sft is not last:
+            out.append(f"Final vs stage-1 SFT: {last['accuracy']:.3f} vs {sft['accuracy']:.3f} "
+                       f"({'above' if last['accuracy'] > sft['accuracy'] else 'NOT above'}).")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the stage table (families found in any row become columns)."""
+    families = sorted({f for r in rows for f in (r.get("accuracy_by_family") or {})})
+    headers = ["stage", "accuracy", *families, "think tokens", "halluc. rate", "effective ratio", "train s"]
+    cells = [[r["name"], _fmt(r.get("accuracy")), *[_fmt((r.get("accuracy_by_family") or {}).get(f)) for f in families],
+              _fmt(r.get("think_tokens_mean")), _fmt(r.get("hallucination_rate")), _fmt(r.get("effective_ratio")),
+              _fmt(r.get("train_seconds"))] for r in rows]
+    return headers, cells
+
+
+def plot_accuracy(rows: list[dict], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in rows if isinstance(r.get("accuracy"), (int, float))]
+    if not scored:
+        return None
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(scored)), 3.6))
+    xs = range(len(scored))
+    ax.bar(xs, [r["accuracy"] for r in scored], color="#4a78b5", label="all")
+    families = sorted({f for r in scored for f in r.get("accuracy_by_family", {})})
+    for f in families:
+        ax.plot(xs, [r["accuracy_by_family"].get(f, float("nan")) for r in scored], marker="o", lw=1, label=f)
+    ax.set_xticks(list(xs), [r["name"] for r in scored], rotation=25, ha="right", fontsize=8)
+    ax.set(ylim=(0, 1.02), ylabel="held-out accuracy", title="accuracy by stage")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_rl(metrics: Path, plots: Path) -> list[Path]:
+    """reward_curve.png and effective_ratio.png from a GRPO step's metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from r1v.train.metrics import read_metrics
+
+    rows = [r for r in read_metrics(metrics) if "reward" in r]
+    if not rows:
+        return []
+    steps = [r["step"] for r in rows]
+    written = []
+    for name, keys, title in (("reward_curve.png", [("reward", "mean reward")], "GRPO reward"),
+                              ("effective_ratio.png", [("effective_ratio", "with SSB (trained on)"),
+                                                       ("effective_ratio_without", "rollouts alone")],
+                               "effective-sample ratio")):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for key, label in keys:
+            ax.plot(steps, [r.get(key, float("nan")) for r in rows], marker=".", label=label)
+        ax.set(xlabel="step", title=title)
+        if name == "effective_ratio.png":
+            ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        plots.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plots / name, dpi=100)
+        plt.close(fig)
+        written.append(plots / name)
+    return written
+
+
+def write_report(cfg: Any, rows: list[dict], summaries: dict[str, dict], out: Path, *, wall_seconds: float,
+                 console: Console | None = None, extra: dict | None = None) -> dict:
+    """report.json / report.md / report.html / plots into `out`; prints the table; returns the report."""
+    console = console or Console()
+    plots = out / "plots"
+    written = [p for p in [plot_accuracy(rows, plots / "accuracy_by_stage.png")] if p]
+    for r in rows:
+        if r.get("metrics") and Path(r["metrics"]).exists():
+            written += plot_rl(Path(r["metrics"]), plots)
+    report = {"generation": cfg.generation, "scale": cfg.scale, "seed": cfg.seed,
+              "wall_seconds": round(wall_seconds, 1), "stages": rows, "verdicts": verdicts(rows),
+              "plots": [str(p) for p in written], "notes": cfg.notes, **(extra or {}),
+              "config": to_dict(cfg)}
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    headers, cells = table(rows)
+    title = f"{cfg.generation} pipeline ({cfg.scale} scale, seed {cfg.seed}), {wall_seconds / 60:.1f} min"
+    md = [f"# {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    md += ["| " + " | ".join(c) + " |" for c in cells]
+    md += ["", "## What helped", "", *[f"- {v}" for v in report["verdicts"]], "",
+           "Accuracy: greedy answers on the held-out split, verified like the rewards; think tokens: mean "
+           "tokens before `</think>`; hallucination rate: share of completions contradicting the known scene "
+           "(r1v.eval.hallucination); effective ratio: share of GRPO samples with non-zero advantage.", ""]
+    md += [f"![{p.stem}](plots/{p.name})" for p in written]
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
+    lis = "".join(f"<li>{html.escape(v)}</li>" for v in report["verdicts"])
+    imgs = "".join(f'<img src="plots/{p.name}" alt="{p.stem}" style="max-width:48%">' for p in written)
+    atomic_write_text(out / "report.html", (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "table{border-collapse:collapse}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><table><tr>{th}</tr>{trs}</table><h2>What helped</h2><ul>{lis}</ul>"
+        f"{imgs}</body></html>\n"))
+    print_table(console, title, headers, cells)
+    for v in report["verdicts"]:
+        console.print(f"  {v}")
+    console.print(f"wrote {out / 'report.json'}, report.md, report.html and {len(written)} plots")
+    return report
