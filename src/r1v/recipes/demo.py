@@ -33,20 +33,22 @@ def demo_config_path() -> Path:
     return DEMO_CONFIG
 
 
-def prepare_parts(console: Console, *, seed: int = 0, tower_seconds: float = 150.0) -> dict[str, Path]:
-    """SmolLM2 folder and the vision tower (pretrained on easy-VQA + rendered tasks when the cached one
-    lacks the rendered source); both cached, so later runs reuse them."""
+def prepare_parts(console: Console, *, seed: int = 0, tower_steps: int = 150) -> dict[str, Path]:
+    """SmolLM2 folder and the vision tower (pretrained on easy-VQA + rendered tasks, full deterministic
+    schedule, when the cached one lacks the rendered source); both cached, so later runs reuse them."""
     from r1v.assets import pretrain_vision_tower, smollm2_dir, vision_tower_dir
     from r1v.assets._cache import read_manifest
+    from r1v.assets.vision import load_metrics
     from r1v.recipes.demo_data import rendered_source
 
     with console.status("SmolLM2-135M-Instruct: converting the GGUF file once (cached) ..."):
         llm = smollm2_dir()
     tower = vision_tower_dir()
     manifest = read_manifest(tower) if tower else None
-    if tower is None or TOWER_SOURCE not in (manifest or {}).get("sources", {}):
+    cut_short = bool(tower and load_metrics(tower).get("stopped_by_budget"))
+    if tower is None or cut_short or TOWER_SOURCE not in (manifest or {}).get("sources", {}):
         console.print("vision tower: pretraining on easy-VQA + rendered tasks (once; cached)")
-        tower = pretrain_vision_tower(seed=seed, seconds_budget=tower_seconds, steps=150,
+        tower = pretrain_vision_tower(seed=seed, seconds_budget=None, steps=tower_steps,
                                       extra_sources=[rendered_source(seed=seed)])
     console.print(f"  smollm2: {llm}\n  vision tower: {tower}")
     return {"smollm2": llm, "vision_tower": tower}

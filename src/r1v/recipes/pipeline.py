@@ -7,19 +7,21 @@ Each step names a stage of `r1v.recipes.STAGES` (or the built-in `reasoning-llm`
 LLM on `<think>` arithmetic), the stage's config as in its own YAML, and per-scale overrides (`micro`:
 the same stages on the `smol`/`tiny` presets with tiny step counts; `tiny` adds overrides on top for
 tests). `inputs` hands checkpoints on: `{model: sft}` sets the step's `model` to the `final` folder of
-step `sft` (or `{reasoning_llm: reason.final}` for any key of that step's summary). Every step writes
+step `sft` (`{reasoning_llm: reason.final}` for any key of that step's summary; dotted keys such as
+`select.checkpoints` reach nested fields, and a list field receives a one-element list). Every step writes
 into `out_dir/<step name>/`; with `resume: true` a step whose `summary.json` exists is not run again.
 
 After every step the pipeline evaluates the models named in the step's `report` rows on the held-out
 set (greedy): accuracy overall and per task family, mean thinking length, hallucination rate (rendered
 tasks with known scenes), and the effective-sample ratio of RL steps, then writes `report.json`
 (`{"stages": [{"name", "accuracy", ...}]}`), `report.md`, `report.html` and `plots/*.png`. Strings in
-step configs may say `{data}` (the folder `prepare` writes rendered/text data into) or `{seed}`.
+step configs may say `{data}` (the folder `prepare` writes rendered/text data into), `{out}` or `{seed}`.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import time
 from dataclasses import dataclass, field, fields
@@ -189,8 +191,14 @@ def step_config(cfg: PipelineConfig, step: Step, scale: str | None = None, hande
     if scale != "full":
         for level in CASCADE[:CASCADE.index(scale) + 1]:
             data = deep_merge(data, getattr(step, level))
-    data.update(handed or {})
-    data = _fill(data, {"data": str(Path(cfg.out_dir) / "data"), "seed": str(cfg.seed)})
+    for key, value in (handed or {}).items():
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            node[part] = dict(node.get(part) or {})
+            node = node[part]
+        node[last] = [value] if isinstance(node.get(last), list) else value
+    data = _fill(data, {"data": str(Path(cfg.out_dir) / "data"), "out": str(cfg.out_dir), "seed": str(cfg.seed)})
     cls = _stage_class(step.stage)
     names = {f.name for f in fields(cls)}
     out_dir = str(Path(cfg.out_dir) / step.name)
@@ -198,6 +206,8 @@ def step_config(cfg: PipelineConfig, step: Step, scale: str | None = None, hande
         data["train"] = {**data.get("train", {}), "out_dir": out_dir, "seed": cfg.seed}
     elif "out_dir" in names:
         data["out_dir"] = out_dir
+    elif "out" in names:
+        data["out"] = out_dir
     return from_dict(cls, data, f"steps.{step.name} ({step.stage}, scale={scale})")
 
 
@@ -255,7 +265,9 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
         elif step.stage == "reasoning-llm":
             summary = run_reasoning_llm(stage_cfg, console=console)
         else:
-            summary = stage_module(step.stage).run(stage_cfg, console=console)
+            stage_run = stage_module(step.stage).run
+            takes_console = "console" in inspect.signature(stage_run).parameters
+            summary = stage_run(stage_cfg, console=console) if takes_console else stage_run(stage_cfg)
         summaries[step.name] = summary
         seconds = time.perf_counter() - t0
         for r in step.report:
