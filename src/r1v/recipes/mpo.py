@@ -374,6 +374,14 @@ def collate_pairs(pad_id: int) -> Callable[[list[dict]], dict]:
     return collate
 
 
+def _cache_kwarg(model: nn.Module) -> str:
+    """`cache` (newer transformers) or `past_key_values` (older), whichever the forward takes."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _shared_prompt_logits(model: nn.Module, batch: dict) -> torch.Tensor:
     """Logits aligned with `answer_ids` `[2P, Lc, V]`: the prompt once (KV cache), both answers on it."""
     pm, ids, attn = batch["prompt_mask"], batch["answer_ids"], batch["answer_attn"]
@@ -384,12 +392,12 @@ def _shared_prompt_logits(model: nn.Module, batch: dict) -> torch.Tensor:
         kwargs["pixel_values"] = batch["pixel_values"]
     out = model(**kwargs)
     first = out.logits.repeat_interleave(2, dim=0)  # [2P, 1, V]: predicts each answer's first token
-    cache = out.cache
+    cache = getattr(out, "cache", None) or out.past_key_values  # transformers >= 5.2x renamed it `cache`
     cache.batch_repeat_interleave(2)
     lens = pm.sum(1).repeat_interleave(2)  # [2P]
     apos = lens.unsqueeze(1) + torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)  # [2P, Lc]
     full_mask = torch.cat([pm.repeat_interleave(2, dim=0), attn], dim=1)  # [2P, Lp + Lc]
-    rest = model(input_ids=ids, attention_mask=full_mask, position_ids=apos, cache=cache,
+    rest = model(input_ids=ids, attention_mask=full_mask, position_ids=apos, **{_cache_kwarg(model): cache},
                  use_cache=False, logits_to_keep=ids.shape[1]).logits  # [2P, Lc, V]
     return torch.cat([first, rest[:, :-1]], dim=1)  # [2P, Lc, V]
 
