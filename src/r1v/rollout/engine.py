@@ -23,6 +23,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 from r1v.data.schema import Sample
+from r1v.rollout.decode import decode
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -40,6 +41,7 @@ class SamplingParams:
     - repetition_penalty may be one float or one value per sample (len == number of samples), e.g. DRLC's P.
     - think: use the template's thinking prefill (False = answer directly).
     - n: completions per sample (GRPO's num_generations).
+    - min_new_tokens: the stop ids are suppressed before this many tokens (benchmarks, fixed lengths).
     """
 
     max_new_tokens: int = 1024
@@ -53,6 +55,7 @@ class SamplingParams:
     n: int = 1
     seed: int | None = None
     return_logprobs: bool = False
+    min_new_tokens: int = 0
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -63,6 +66,8 @@ class SamplingParams:
             raise ValueError("top_p must be in (0, 1]")
         if self.n < 1:
             raise ValueError("n must be >= 1")
+        if self.min_new_tokens < 0:
+            raise ValueError("min_new_tokens must be >= 0")
         if self.max_think_tokens is not None and self.max_think_tokens < 0:
             raise ValueError("max_think_tokens must be >= 0")
 
@@ -110,6 +115,23 @@ class RepetitionPenalty(LogitsProcessor):
         seen = torch.gather(scores, 1, input_ids)  # [B, T]
         seen = torch.where(seen < 0, seen * p, seen / p)
         return scores.scatter(1, input_ids, seen)
+
+    def apply_presence(self, presence: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The same rule over a [B, V] bool mask of the tokens seen so far (the fast decode loop's form)."""
+        if self.all_one:
+            return scores
+        p = self.penalty_col
+        return torch.where(presence, torch.where(scores < 0, scores * p, scores / p), scores)
+
+    @property
+    def all_one(self) -> bool:
+        if not hasattr(self, "_all_one"):
+            self._all_one = bool((self.penalty == 1.0).all())
+        return self._all_one
+
+    @property
+    def penalty_col(self) -> torch.Tensor:
+        return self.penalty.unsqueeze(1)
 
 
 class TemperatureTopKTopP(LogitsProcessor):
@@ -166,6 +188,28 @@ class ThinkBudget(LogitsProcessor):
                 self.closed[row] = True
             scores[row] = float("-inf")
             scores[row, nxt] = 0.0
+        return scores
+
+    def step(self, gen: torch.Tensor, steps: int, scores: torch.Tensor) -> torch.Tensor:
+        """The same rule, vectorised over rows, reading the generated ids `gen[:, :steps]` (decode loop)."""
+        k = len(self.close_ids)
+        if not hasattr(self, "_closed"):
+            self._close = torch.tensor(self.close_ids, dtype=torch.long, device=scores.device)
+            self._closed_t = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+            self._forcing_t = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+            self._closed = True
+        closed, forcing = self._closed_t, self._forcing_t
+        if steps >= k:
+            closed |= (gen[:, steps - k:steps] == self._close).all(-1)
+        act = ~closed & ((forcing > 0) | (steps >= self.budget))
+        if not bool(act.any()):
+            return scores
+        rows = act.nonzero().squeeze(1)
+        nxt = self._close[forcing[rows]]
+        scores[rows] = float("-inf")
+        scores[rows, nxt] = 0.0
+        forcing[rows] += 1
+        closed |= forcing == k
         return scores
 
 
@@ -284,9 +328,12 @@ class TransformersEngine:
     concatenated in row order, as the model expects.
     """
 
-    def __init__(self, vlm, processor=None) -> None:
+    def __init__(self, vlm, processor=None, backend: Literal["static", "hf"] = "static") -> None:
         from r1v.processing.processor import Processor
 
+        if backend not in ("static", "hf"):
+            raise ValueError(f"backend must be 'static' or 'hf', got {backend!r}")
+        self.backend = backend
         self.vlm = vlm
         self.model = vlm.model
         self.tokenizer = vlm.tokenizer
@@ -309,6 +356,70 @@ class TransformersEngine:
         if params.think and params.max_think_tokens is not None:
             procs.append(ThinkBudget(self.close_ids, params.max_think_tokens, prompt_len, rows))
         return procs
+
+    def _generate_hf(self, kwargs: dict, params: SamplingParams, procs: LogitsProcessorList,
+                     streamer: BaseStreamer | None) -> torch.Tensor:
+        """transformers' `generate` with our processors (the baseline backend). Returns new ids [B, T] (cpu)."""
+        gen_cfg = GenerationConfig(
+            max_new_tokens=params.max_new_tokens, min_new_tokens=params.min_new_tokens or None,
+            do_sample=params.temperature > 0,
+            temperature=1.0, top_p=1.0, top_k=0,  # done by our processors, in our order
+            eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
+        )
+        out = self.model.generate(
+            **kwargs, generation_config=gen_cfg, logits_processor=procs,
+            stop_strings=params.stop or None, tokenizer=self.tokenizer if params.stop else None,
+            streamer=streamer,
+        )
+        return out[:, kwargs["input_ids"].shape[1]:].cpu()
+
+    def _generate_static(self, kwargs: dict, params: SamplingParams, procs: LogitsProcessorList,
+                         streamer: BaseStreamer | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Our decode loop (`r1v.rollout.decode`): same processors, same order, pre-allocated KV cache."""
+        transforms = []
+        track = False
+        for proc in procs:
+            if isinstance(proc, RepetitionPenalty):
+                if not proc.all_one:
+                    proc.penalty = proc.penalty.to(kwargs["input_ids"].device)
+                    track = True
+                    transforms.append(lambda st, s, f=proc: f.apply_presence(st.presence, s))
+            elif isinstance(proc, ThinkBudget):
+                transforms.append(lambda st, s, f=proc: f.step(st.tokens, st.step, s))
+            else:
+                transforms.append(lambda st, s, f=proc: f(None, s))
+        on_token = None
+        if streamer is not None:
+            streamer.put(kwargs["input_ids"].cpu())
+            on_token = lambda tok: streamer.put(tok.cpu())  # noqa: E731
+        out = decode(self.model, kwargs["input_ids"], kwargs["attention_mask"],
+                     pixel_values=kwargs.get("pixel_values"), max_new_tokens=params.max_new_tokens,
+                     stop_ids=self.stop_ids, pad_id=self.pad_id, sample=params.temperature > 0,
+                     transforms=transforms, track_presence=track, min_new_tokens=params.min_new_tokens,
+                     return_logprobs=params.return_logprobs, on_token=on_token,
+                     stop_check=self._stop_check(params.stop) if params.stop else None)
+        if streamer is not None:
+            streamer.end()
+        lp = out.logprobs.cpu() if out.logprobs is not None else None
+        tokens = out.tokens.cpu()
+        steps = torch.arange(tokens.shape[1])
+        # rows ended by a stop string: mark the end with a stop id so the row is cut there
+        tokens.masked_fill_(steps[None] >= out.lengths.cpu()[:, None], self.stop_ids[0])
+        return tokens, lp
+
+    def _stop_check(self, stop: list[str]):
+        """A `decode` stop rule: a row stops once its recent text contains one of the stop strings."""
+        window = max(len(x.encode("utf-8")) for x in stop) + 1
+
+        def check(tokens: torch.Tensor, steps: int, active: torch.Tensor) -> torch.Tensor:
+            hit = torch.zeros_like(active)
+            tail = tokens[:, max(0, steps - window):steps].tolist()
+            for r in active.nonzero().squeeze(1).tolist():
+                text = self.tokenizer.decode(tail[r], skip_special_tokens=False)
+                hit[r] = any(x in text for x in stop)
+            return hit
+
+        return check
 
     def _think_tokens(self, ids: list[int], text: str) -> int:
         """Tokens before the first `</think>` (all of them when the thought never closed)."""
@@ -341,26 +452,19 @@ class TransformersEngine:
             kwargs["pixel_values"] = batch["pixel_values"].to(device, self.model.dtype)
         starts_in_think = [self._starts_in_think(input_ids[r][attn[r].bool()].tolist()) for r in range(rows)]
 
-        gen_cfg = GenerationConfig(
-            max_new_tokens=params.max_new_tokens,
-            do_sample=params.temperature > 0,
-            temperature=1.0, top_p=1.0, top_k=0,  # done by our processors, in our order
-            eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
-        )
         streamer = None
         if on_text is not None:
             if rows != 1:
                 raise ValueError("streaming needs exactly one sample and n=1")
             streamer = _TextStream(self.tokenizer, on_text, starts_in_think[0], set(self.stop_ids))
+        procs = self._processors(rows, prompt_len, params, len(samples))
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        out = self.model.generate(
-            **kwargs, generation_config=gen_cfg,
-            logits_processor=self._processors(rows, prompt_len, params, len(samples)),
-            stop_strings=params.stop or None, tokenizer=self.tokenizer if params.stop else None,
-            streamer=streamer,
-        )
-        gen = out[:, prompt_len:].cpu()
+        step_logprobs = None
+        if self.backend == "hf":
+            gen = self._generate_hf(kwargs, params, procs, streamer)
+        else:
+            gen, step_logprobs = self._generate_static(kwargs, params, procs, streamer)
 
         completions: list[Completion] = []
         token_lists: list[list[int]] = []
@@ -380,7 +484,10 @@ class TransformersEngine:
             completions.append(Completion(text=text, token_ids=ids, finish_reason=finish, think=think,
                                           answer=answer, num_think_tokens=n_think,
                                           prompt_tokens=int(attn[r].sum())))
-        if params.return_logprobs:
+        if params.return_logprobs and step_logprobs is not None:
+            for r, c in enumerate(completions):
+                c.logprobs = step_logprobs[r, : len(token_lists[r])].tolist()
+        elif params.return_logprobs:
             width = max(1, max(len(t) for t in token_lists))
             comp = torch.full((rows, width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((rows, width), dtype=torch.float32)
