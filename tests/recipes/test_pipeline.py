@@ -100,3 +100,15 @@ def test_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
     assert summary["iterative-sft"]["model"] == summary["sft"]["final"]
     assert summary["grpo"]["model"] == summary["iterative-sft"]["final"]
     assert "stage 1 (SFT)" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("generation", ["r1v", "r1v2", "r1v3"])
+def test_generation_recipes_run_at_tiny_scale(generation: str, tmp_path: Path) -> None:
+    cfg = load_config(PipelineConfig, CONFIGS / f"{generation}.yaml", [f"out_dir={tmp_path}", "scale=tiny"])
+    report = run(cfg)
+    assert report["generation"] == generation and report["stages"]
+    ran = [s.name for s in cfg.steps if not s.only or "tiny" in s.only]
+    for name in ran:
+        assert (tmp_path / name / "summary.json").exists(), name
+    assert all(0.0 <= s["accuracy"] <= 1.0 for s in report["stages"])
