@@ -19,6 +19,7 @@ penalty -> temperature/top-k/top-p -> thinking budget). Works with an InternVL m
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -106,6 +107,12 @@ def _check_supported(lm: torch.nn.Module) -> tuple[int, int, int]:
     return cfg.num_hidden_layers, kv_heads, head_dim
 
 
+def _cache_kwarg(lm: torch.nn.Module) -> str:
+    """The forward's name for the cache: `cache` in recent transformers, `past_key_values` before."""
+    params = inspect.signature(lm.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _masks(attention_mask: torch.Tensor, total: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Additive masks: prefill [B, 1, P, P] (causal, no padded keys; every query sees at least itself so
     padded rows stay finite) and decode [B, 1, 1, total] (padded prompt keys masked, the rest open)."""
@@ -168,10 +175,12 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     try:
         body = mm if (mm is not None and pixel_values is not None) else lm
         kwargs = {"pixel_values": pixel_values} if body is mm else {}
+        kwargs[_cache_kwarg(body)] = cache
         hidden = body(input_ids=input_ids, attention_mask={"full_attention": prefill_mask},
-                      position_ids=positions, cache=cache, use_cache=True, **kwargs).last_hidden_state
+                      position_ids=positions, use_cache=True, **kwargs).last_hidden_state
         cache.advance(p)
         step_masks = {"full_attention": step_mask[..., :p]}
+        step_kwargs = {_cache_kwarg(lm): cache, "use_cache": True}
         for t in range(max_new_tokens):
             scores = head(hidden[:, -1]).float()  # [B, V]
             if logprobs is not None:
@@ -207,7 +216,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
                 break
             step_masks["full_attention"] = step_mask[..., :p + t + 1]
             hidden = lm(input_ids=tokens[:, t:t + 1], attention_mask=step_masks,
-                        position_ids=(prompt_lens + t)[:, None], cache=cache, use_cache=True).last_hidden_state
+                        position_ids=(prompt_lens + t)[:, None], **step_kwargs).last_hidden_state
             cache.advance(1)
     finally:
         model.train(was_training)
