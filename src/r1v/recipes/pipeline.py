@@ -31,6 +31,7 @@ from typing import Any, Literal
 from rich.console import Console
 
 from r1v.config import from_dict, to_dict
+from r1v.data.sources import atomic_write_text
 from r1v.errors import ConfigError
 from r1v.train import TrainConfig
 
@@ -285,6 +286,9 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
                            metrics=str(out / step.name / "metrics.jsonl"))
             rows.append(row)
             seconds = 0.0
+        # the table so far, so a long run can be followed (and survives an interruption)
+        atomic_write_text(out / "report.json", json.dumps({"partial": True, "stages": rows}, indent=2,
+                                                          default=str) + "\n")
     return write_report(cfg, rows, summaries, out, wall_seconds=time.perf_counter() - started, console=console)
 
 
