@@ -206,7 +206,7 @@ def test_interrupted_call_leaves_pool_usable():
     old = signal.signal(signal.SIGALRM, boom)
     try:
         with VerifyPool(workers=1, timeout=5.0) as p:
-            p.start()
+            p.verify_many([("x", "\\boxed{y}")])  # the worker is up and ready (slow on a loaded machine)
             signal.setitimer(signal.ITIMER_REAL, 0.5)
             with pytest.raises(_Interrupted):
                 p.verify_many([("9", "\\boxed{9^{9^{9^{9}}}}")])
