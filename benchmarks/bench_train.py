@@ -22,8 +22,8 @@
 
 MFU = achieved model FLOPs / matmul peak, the peak measured in this run (best fp32 torch.matmul FLOP/s on
 square matrices, before and after the training runs). On a shared machine wall time depends on the other
-load, so tokens per CPU-second of the training process and `mfu_cpu_time` (FLOPs per CPU-second against
-the peak per thread) are reported too. Model FLOPs count the matmuls of every parameter
+load, so tokens per CPU-second of the training process and `mfu_cpu_time` (model FLOPs per CPU-second
+against matmul FLOPs per CPU-second) are reported too. Model FLOPs count the matmuls of every parameter
 matrix, 2 per parameter per token for the forward, 2 more for the gradient of the input (needed when a
 trainable part lies upstream) and 2 more for the weight gradient (trainable parameters only); so a fully
 trained part costs 6N per token and a frozen LLM below a trained connector 4N. The LM head (tied embedding)
@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[f"vlm-{policy}"] = run_side(f"vlm-{policy}", args, data_path, vlm_steps)
     peak_after = matmul_peak()
     peak = max(peak_before["flops"], peak_after["flops"])
+    cpu_peak = max(peak_before["cpu_flops"], peak_after["cpu_flops"])
 
     def tps(r: dict[str, Any]) -> float:
         return r["useful_tokens"] / r["timed_s"]
@@ -342,12 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     def mfu(flops: float, r: dict[str, Any]) -> float:
         return flops / r["timed_s"] / peak
 
-    def mfu_cpu(flops: float, r: dict[str, Any]) -> float:  # per CPU-second against the per-thread peak
-        return flops / r["timed_cpu_s"] / (peak / peak_before["threads"])
+    def mfu_cpu(flops: float, r: dict[str, Any]) -> float:  # FLOPs per CPU-second against the same for matmul
+        return flops / r["timed_cpu_s"] / cpu_peak
 
     details: dict[str, Any] = {
         "device": "cpu", "torch_threads": torch.get_num_threads(), "load_average_end": load_average(),
-        "matmul_peak_flops": peak, "matmul_peak_before": peak_before, "matmul_peak_after": peak_after,
+        "matmul_peak_flops": peak, "matmul_peak_cpu_flops": cpu_peak, "matmul_peak_before": peak_before, "matmul_peak_after": peak_after,
         "batch_size": args.batch_size, "steps": args.steps, "warmup_steps": args.warmup, "lr": args.lr,
         "data": {"samples": len(rows), "min_len": min(lengths), "max_len": max(lengths),
                  "mean_len": statistics.mean(lengths)},

@@ -58,6 +58,7 @@ def test_matmul_peak_is_best_size() -> None:
     peak = common.matmul_peak(sizes=(64, 128), repeat=2)
     assert set(peak["by_size"]) == {64, 128}
     assert peak["flops"] == max(peak["by_size"].values()) > 0
+    assert peak["cpu_flops"] > 0 and peak["threads"] >= 1
 
 
 def test_run_child_reports_its_own_peak_rss() -> None:
