@@ -102,3 +102,25 @@ def test_bf16_mixed_precision_runs_and_keeps_fp32_master(tmp_path: Path) -> None
                 collate_fn=collate)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert math.isfinite(res.last_metrics["sft"])
+
+
+def test_sft_loss_survives_activation_checkpoint_recompute() -> None:
+    """FSDP's activation checkpointing recomputes decoder layers in backward; a KV cache built during the
+    forward would then be appended to twice (seen on a GPU with configs/accelerate/fsdp2.yaml)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
+
+    from r1v.data.schema import Message, Sample
+    from r1v.model.build import build_preset
+    from r1v.processing.processor import Processor
+    from r1v.train.loop import sft_loss
+
+    vlm = build_preset("tiny")
+    apply_activation_checkpointing(vlm.model, check_fn=lambda m: isinstance(m, Qwen2DecoderLayer))
+    proc = Processor(vlm.tokenizer, vlm.spec)
+    s = Sample("a", [Message("user", "2+2?"), Message("assistant", "<think>\nadd\n</think>\n\\boxed{4}")])
+    batch = proc.collate_training([proc.encode_for_training(s)])
+    out = sft_loss(vlm.model, batch)
+    out.total.backward()
+    grads = [p.grad for p in vlm.model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -244,7 +244,7 @@ def completion_logits(model: Any, batch: dict) -> torch.Tensor:
     kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
     if batch.get("pixel_values") is not None:
         kwargs["pixel_values"] = batch["pixel_values"].to(next(model.parameters()).dtype)
-    return model(**kwargs, logits_to_keep=width + 1).logits[:, :-1]
+    return model(**kwargs, use_cache=False, logits_to_keep=width + 1).logits[:, :-1]
 
 
 def units(loss_type: str) -> Callable[[dict], int]:

@@ -65,23 +65,34 @@ def count_label_tokens(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
-def _accepts(model: nn.Module, name: str) -> bool:
+def _accepts(model: nn.Module, name: str, or_kwargs: bool = False) -> bool:
+    """Whether `model.forward` takes `name` (or, with `or_kwargs`, any keyword through **kwargs); a DDP/FSDP
+    wrapper (`.module`) is looked through, since it forwards every keyword to the wrapped model."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
     try:
-        return name in inspect.signature(model.forward).parameters
+        params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return False
+    if name in params:
+        return True
+    return or_kwargs and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def sft_loss(model: nn.Module, batch: dict) -> LossOutput:
     """Summed token cross-entropy over labels != -100 (next-token: logits at t predict labels at t+1).
 
     Only positions some row needs are sent through the LM head (`logits_to_keep`), so prompt and
-    padding tokens cost no logits; the CE runs in fp32.
+    padding tokens cost no logits; the CE runs in fp32. No KV cache is built (`use_cache=False`): a cache
+    filled during the forward would be appended to again when activation checkpointing (FSDP's wrapper)
+    recomputes a layer in the backward pass.
     """
     labels = batch["labels"]  # [B, T]
     target = labels[:, 1:]  # [B, T-1]
     keep = (target != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)  # [K] positions t predicting t+1
     inputs = model_inputs(batch)
+    if _accepts(model, "use_cache", or_kwargs=True):
+        inputs["use_cache"] = False
     if _accepts(model, "logits_to_keep"):
         logits = model(**inputs, logits_to_keep=keep).logits  # [B, K, V]
     else:
