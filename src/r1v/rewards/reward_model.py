@@ -90,7 +90,7 @@ class ScalarHeadModel(nn.Module):
                 pixel_values: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids/attention_mask `[B, T]`, score_index `[B]` (position of the last answer token),
         pixel_values `[N, 3, S, S]` or None -> scores `[B]` (fp32)."""
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
         if pixel_values is not None:
             kwargs["pixel_values"] = pixel_values
         hidden = self.vlm.model(**kwargs).last_hidden_state  # [B, T, H]; no LM head
