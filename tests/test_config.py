@@ -70,3 +70,19 @@ def test_parse_override_reads_yaml_values() -> None:
     assert parse_override("a.b=null") == ("a.b", None)
     assert parse_override("x=1e-3") == ("x", 1e-3)
     assert parse_override("s=hello world") == ("s", "hello world")
+
+
+@dataclass
+class Owner:
+    optim: Optim = field(default_factory=lambda: Optim(lr=5e-5, betas=[0.5, 0.6]))
+    inner: Stage = field(default_factory=lambda: Stage(name="own", steps=7, optim=Optim(lr=1.0)))
+
+
+def test_partial_sections_keep_the_owners_defaults() -> None:
+    cfg = load_config(Owner, None, ["optim.lr=1e-3"])
+    assert cfg.optim.lr == 1e-3 and cfg.optim.betas == [0.5, 0.6]
+    cfg = load_config(Owner, None, ["inner.steps=3"])
+    assert (cfg.inner.name, cfg.inner.steps, cfg.inner.optim.lr) == ("own", 3, 1.0)
+    cfg = load_config(Owner, None, ["inner.optim.betas=[0.1,0.2]"])
+    assert cfg.inner.optim.lr == 1.0 and cfg.inner.optim.betas == [0.1, 0.2] and cfg.inner.steps == 7
+    assert load_config(Owner).optim.lr == 5e-5

@@ -52,8 +52,12 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check/convert `value` against type `tp`; raise ConfigError naming `where`."""
+def _coerce(value: Any, tp: Any, where: str, base: Any = None) -> Any:
+    """Check/convert `value` against type `tp`; raise ConfigError naming `where`.
+
+    `base` is the field's default; for a nested section given as a partial mapping, the keys not given
+    keep the values of that default (the owning config's own defaults), not the section class's.
+    """
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -66,7 +70,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if a is type(None):
                 continue
             try:
-                return _coerce(value, a, where)
+                return _coerce(value, a, where, base)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
@@ -79,7 +83,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping for section {tp.__name__}, got {value!r}")
-        return _build(tp, value, where)
+        return _build(tp, value, where, base if isinstance(base, tp) else None)
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -124,15 +128,26 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type[T], data: dict, where: str) -> T:
+def _field_default(f: dataclasses.Field, base: Any) -> Any:
+    if base is not None:
+        return getattr(base, f.name)
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _build(cls: type[T], data: dict, where: str, base: Any = None) -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
     kwargs = {}
+    if base is not None:  # a partial section: start from the owning config's default for it
+        kwargs = {name: getattr(base, name) for name in fields}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}{'.' if where and not where.endswith(':') else ''}{name}")
+        kwargs[name] = _coerce(value, hints[name], f"{where}{'.' if where and not where.endswith(':') else ''}{name}",
+                               _field_default(fields[name], base))
     try:
         obj = cls(**kwargs)
     except TypeError as e:
