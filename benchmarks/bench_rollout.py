@@ -46,17 +46,19 @@ def _time(fn: Callable[[], int]) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
-def run_variants(variants: dict[str, Callable[[], int]], repeats: int) -> dict[str, dict]:
-    """Warm up each variant, then time them interleaved; returns tokens/s (median) and raw seconds."""
+def run_variants(variants: dict[str, Callable[[int], int]], repeats: int, new: int) -> dict[str, dict]:
+    """Warm up each variant (a short run), then time them interleaved at `new` tokens per row; returns
+    tokens/s (median over repeats) and the raw seconds."""
     for fn in variants.values():
-        fn()
+        fn(4)
     secs: dict[str, list[float]] = {k: [] for k in variants}
     toks: dict[str, int] = {}
     for _ in range(repeats):
         for name, fn in variants.items():
-            s, n = _time(fn)
+            s, n = _time(lambda fn=fn: fn(new))
             secs[name].append(s)
             toks[name] = n
+            print(f"  {name}: {n / s:.1f} tokens/s ({s:.1f} s, load {_load():.1f})", flush=True)
     return {name: {"tokens_per_s": toks[name] / statistics.median(secs[name]), "tokens": toks[name],
                    "seconds": [round(s, 3) for s in secs[name]]} for name in variants}
 
@@ -70,6 +72,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--vlm", action="store_true", help="also one image per row (smol VLM)")
     ap.add_argument("--no-plain", action="store_true", help="skip plain Qwen2ForCausalLM.generate")
+    ap.add_argument("--no-engine-hf", action="store_true", help="skip our engine with backend='hf'")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -85,33 +88,40 @@ def main() -> None:
     ours = TransformersEngine(vlm)
     engine_hf = TransformersEngine(vlm, backend="hf")
     new = args.new_tokens
-    params = SamplingParams(max_new_tokens=new, min_new_tokens=new, temperature=1.0, top_p=0.95,
-                            repetition_penalty=1.05, n=args.generations, think=False, seed=0)
-    hf_cfg = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=True, temperature=1.0,
-                              top_p=0.95, top_k=0, repetition_penalty=1.05, eos_token_id=ours.stop_ids,
-                              pad_token_id=ours.pad_id)
 
-    def variants_for(samples: list[Sample]) -> dict[str, Callable[[], int]]:
+    def params(k: int) -> SamplingParams:
+        return SamplingParams(max_new_tokens=k, min_new_tokens=k, temperature=1.0, top_p=0.95,
+                              repetition_penalty=1.05, n=args.generations, think=False, seed=0)
+
+    def hf_cfg(k: int) -> GenerationConfig:
+        return GenerationConfig(max_new_tokens=k, min_new_tokens=k, do_sample=True, temperature=1.0,
+                                top_p=0.95, top_k=0, repetition_penalty=1.05, eos_token_id=ours.stop_ids,
+                                pad_token_id=ours.pad_id)
+
+    def variants_for(samples: list[Sample]) -> dict[str, Callable[[int], int]]:
         rows = [s for s in samples for _ in range(args.generations)]
         batch = ours.processor.encode_batch_prompts(rows, think=False)
         kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if batch.get("pixel_values") is not None:
             kw["pixel_values"] = batch["pixel_values"]
 
-        def engine_run(engine: TransformersEngine) -> Callable[[], int]:
-            def fn() -> int:
-                groups = engine.generate(samples, params)
+        def engine_run(engine: TransformersEngine) -> Callable[[int], int]:
+            def fn(k: int) -> int:
+                groups = engine.generate(samples, params(k))
                 counts = [len(c.token_ids) for g in groups for c in g]
-                assert all(c == new for c in counts), counts
+                assert all(c == k for c in counts), counts
                 return sum(counts)
             return fn
 
-        def hf_run() -> int:
+        def hf_run(k: int) -> int:
             torch.manual_seed(0)
-            out = vlm.model.generate(**kw, generation_config=hf_cfg)
+            out = vlm.model.generate(**kw, generation_config=hf_cfg(k))
             return (out.shape[1] - kw["input_ids"].shape[1]) * out.shape[0]
 
-        return {"ours": engine_run(ours), "hf_generate": hf_run, "engine_hf_backend": engine_run(engine_hf)}
+        out = {"ours": engine_run(ours), "hf_generate": hf_run}
+        if not args.no_engine_hf:
+            out["engine_hf_backend"] = engine_run(engine_hf)
+        return out
 
     text_samples = [Sample.from_question(f"q{i}", q) for i, q in enumerate(QUESTIONS)]
     variants = variants_for(text_samples)
@@ -120,14 +130,14 @@ def main() -> None:
         rows = [s for s in text_samples for _ in range(args.generations)]
         pb = ours.processor.encode_batch_prompts(rows, think=False)
 
-        def plain() -> int:
+        def plain(k: int) -> int:
             torch.manual_seed(0)
             out = llm.generate(input_ids=pb["input_ids"], attention_mask=pb["attention_mask"],
-                               generation_config=hf_cfg)
+                               generation_config=hf_cfg(k))
             return (out.shape[1] - pb["input_ids"].shape[1]) * out.shape[0]
 
         variants["plain_qwen2_generate"] = plain
-    text = run_variants(variants, args.repeats)
+    text = run_variants(variants, args.repeats, new)
     details: dict = {"text": text, "rows": len(text_samples) * args.generations, "new_tokens": new,
                      "threads": args.threads, "repeats": args.repeats, "dtype": "float32", "device": "cpu",
                      "sampling": "temperature 1.0, top_p 0.95, repetition_penalty 1.05, min_new_tokens=max"}
@@ -137,8 +147,8 @@ def main() -> None:
         img = Image.open(Path(__file__).resolve().parents[1] / "src" / "r1v" / "assets_data" / "demo_shapes.png")
         img_samples = [Sample.from_question(f"v{i}", q, images=[img.convert("RGB")]) for i, q in enumerate(QUESTIONS)]
         vv = variants_for(img_samples)
-        del vv["engine_hf_backend"]
-        details["vlm_one_image_per_row"] = run_variants(vv, args.repeats)
+        vv.pop("engine_hf_backend", None)
+        details["vlm_one_image_per_row"] = run_variants(vv, args.repeats, new)
         details["vlm_one_image_per_row"]["ratio"] = (details["vlm_one_image_per_row"]["ours"]["tokens_per_s"]
                                                      / details["vlm_one_image_per_row"]["hf_generate"]["tokens_per_s"])
     details["load_avg_1min"] = {"before": round(load_before, 2), "after": round(_load(), 2),
