@@ -138,3 +138,18 @@ def test_bad_params_are_rejected() -> None:
         SamplingParams(top_p=0).validate()
     with pytest.raises(ValueError):
         SamplingParams(n=0).validate()
+
+
+def test_image_placeholder_tokens_are_never_sampled(tiny, image) -> None:
+    from r1v.rollout.engine import SuppressTokens
+
+    engine = TransformersEngine(tiny)
+    assert len(engine.banned_ids) == 3
+    scores = torch.zeros(2, tiny.model.config.text_config.vocab_size)
+    out = SuppressTokens(engine.banned_ids)(None, scores)
+    assert torch.isinf(out[:, engine.banned_ids]).all() and torch.isfinite(out).sum() == 2 * (scores.shape[1] - 3)
+    s = [Sample.from_question("a", "Say anything.", images=[image])]
+    for backend in ("static", "hf"):
+        eng = TransformersEngine(tiny, backend=backend)
+        groups = eng.generate(s, SamplingParams(max_new_tokens=16, temperature=1.5, top_p=1.0, n=6, seed=0))
+        assert not any(t in engine.banned_ids for c in groups[0] for t in c.token_ids)

@@ -23,6 +23,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 from r1v.data.schema import Sample
+from r1v.processing.spec import IMG_CONTEXT, IMG_END, IMG_START
 from r1v.rollout.decode import decode
 
 THINK_OPEN = "<think>"
@@ -132,6 +133,19 @@ class RepetitionPenalty(LogitsProcessor):
     @property
     def penalty_col(self) -> torch.Tensor:
         return self.penalty.unsqueeze(1)
+
+
+class SuppressTokens(LogitsProcessor):
+    """Never sample these ids: the image placeholders (`<img>`, `</img>`, `<IMG_CONTEXT>`), which only the
+    processor may place; a barely trained model would otherwise sometimes emit them."""
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        self.ids = torch.tensor(sorted(set(ids)), dtype=torch.long)
+
+    def __call__(self, input_ids: torch.LongTensor | None, scores: torch.Tensor) -> torch.Tensor:
+        if self.ids.numel() == 0:
+            return scores
+        return scores.index_fill(1, self.ids.to(scores.device), float("-inf"))
 
 
 class TemperatureTopKTopP(LogitsProcessor):
@@ -341,6 +355,8 @@ class TransformersEngine:
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.close_ids = self.tokenizer.encode(THINK_CLOSE, add_special_tokens=False)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        vocab = self.tokenizer.get_vocab()
+        self.banned_ids = [vocab[t] for t in (IMG_START, IMG_END, IMG_CONTEXT) if t in vocab]
 
     def _processors(self, rows: int, prompt_len: int, params: SamplingParams, samples_n: int) -> LogitsProcessorList:
         rp = params.repetition_penalty
@@ -350,7 +366,7 @@ class TransformersEngine:
             if len(rp) != samples_n:
                 raise ValueError(f"repetition_penalty has {len(rp)} values for {samples_n} samples")
             penalty = torch.tensor([float(x) for x in rp]).repeat_interleave(params.n)
-        procs = LogitsProcessorList([RepetitionPenalty(penalty)])
+        procs = LogitsProcessorList([SuppressTokens(self.banned_ids), RepetitionPenalty(penalty)])
         if params.temperature > 0:
             procs.append(TemperatureTopKTopP(params.temperature, params.top_k, params.top_p))
         if params.think and params.max_think_tokens is not None:
@@ -363,13 +379,12 @@ class TransformersEngine:
         gen_cfg = GenerationConfig(
             max_new_tokens=params.max_new_tokens, min_new_tokens=params.min_new_tokens or None,
             do_sample=params.temperature > 0,
-            temperature=1.0, top_p=1.0, top_k=0,  # done by our processors, in our order
-            eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
+            temperature=1.0, top_p=1.0, top_k=None,  # done by our processors, in our order
+            eos_token_id=self.stop_ids, pad_token_id=self.pad_id, stop_strings=params.stop or None,
         )
         out = self.model.generate(
             **kwargs, generation_config=gen_cfg, logits_processor=procs,
-            stop_strings=params.stop or None, tokenizer=self.tokenizer if params.stop else None,
-            streamer=streamer,
+            tokenizer=self.tokenizer if params.stop else None, streamer=streamer,
         )
         return out[:, kwargs["input_ids"].shape[1]:].cpu()
 
