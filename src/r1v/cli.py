@@ -192,6 +192,7 @@ def eval_(
     max_new_tokens: Annotated[int, typer.Option(help="New-token limit (thinking + answer).")] = 4096,
     max_think_tokens: Annotated[int | None, typer.Option(help="Thinking budget before </think> is forced.")] = None,
     no_think: Annotated[bool, typer.Option("--no-think", help="Answer without a thinking phase.")] = False,
+    max_tiles: Annotated[int | None, typer.Option(help="Cap the tiles per image (default: the model's setting).")] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.6,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
     repetition_penalty: Annotated[float, typer.Option(help="Repetition penalty.")] = 1.05,
@@ -205,7 +206,8 @@ def eval_(
 
     cfg = EvalConfig(model=model, benchmark=benchmark, data=data, out=out, runs=runs, prompt=prompt,  # type: ignore[arg-type]
                      limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                     max_think_tokens=max_think_tokens, think=not no_think, temperature=temperature, top_p=top_p,
+                     max_think_tokens=max_think_tokens, max_tiles=max_tiles, think=not no_think,
+                     temperature=temperature, top_p=top_p,
                      repetition_penalty=repetition_penalty, seed=seed, judge_url=judge_url, judge_model=judge_model)
     try:
         summary = evaluate(cfg)

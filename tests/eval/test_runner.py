@@ -104,3 +104,19 @@ def test_generated_records_are_scored_in_the_official_formats(tmp_path) -> None:
 
     aime = [{"id": "a", "response": "</think> \\boxed{25}", "answer": "025", "meta": {}}]
     assert score_generated("aime24", aime, tmp_path / "aime.json").correct == 1
+
+
+def test_cli_eval_on_the_tiny_preset_with_a_tile_cap(tmp_path, shared_data) -> None:
+    from typer.testing import CliRunner
+
+    from r1v.cli import app
+
+    out = tmp_path / "ev"
+    res = CliRunner().invoke(app, ["eval", "--model", "tiny", "--benchmark", "k12", "--data",
+                                   str(shared_data / "k12"), "--limit", "3", "--max-new-tokens", "4",
+                                   "--max-tiles", "1", "--temperature", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["items"] == 3 and rep["settings"]["max_tiles"] == 1
+    rows = [json.loads(x) for x in (out / "run_1.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["num_tokens"] <= 4 for r in rows)

@@ -21,7 +21,7 @@ import math
 import os
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +53,8 @@ class EvalConfig:
     batch_size: int = 8
     max_new_tokens: int = 4096
     max_think_tokens: int | None = None
+    max_tiles: int | None = None
+    """Cap the tiles per image (None: the model's own setting; VLMEvalKit caps InternVL at 12)."""
     think: bool = True
     temperature: float = 0.6
     top_p: float = 0.95
@@ -70,6 +72,8 @@ class EvalConfig:
             raise ConfigError("max_new_tokens must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("limit must be >= 1")
+        if self.max_tiles is not None and self.max_tiles < 1:
+            raise ConfigError("max_tiles must be >= 1")
 
 
 # ------------------------------------------------------------------------------------- output files
@@ -224,7 +228,10 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
         from r1v.rollout.engine import TransformersEngine
 
         with console.status(f"loading {cfg.model} ..."):
-            engine = TransformersEngine(load_vlm(cfg.model))
+            vlm = load_vlm(cfg.model)
+        if cfg.max_tiles is not None:
+            vlm.spec = replace(vlm.spec, max_tiles=cfg.max_tiles, min_tiles=min(vlm.spec.min_tiles, cfg.max_tiles))
+        engine = TransformersEngine(vlm)
     score_fn = score_fn or score_generated
 
     runs: list[dict[str, Any]] = []
@@ -259,6 +266,7 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
         "categories": runs[0]["score"].get("categories", {}),
         "per_run": runs,
         "settings": {"max_new_tokens": cfg.max_new_tokens, "max_think_tokens": cfg.max_think_tokens,
+                     "max_tiles": cfg.max_tiles,
                      "temperature": cfg.temperature, "top_p": cfg.top_p,
                      "repetition_penalty": cfg.repetition_penalty, "think": cfg.think, "seed": cfg.seed},
     }
