@@ -37,9 +37,12 @@ def markdown(summary: dict[str, Any]) -> str:
         f"({_pct(L['cut_off_share'])}%)",
     ]
     h = s.get("hallucination") or {}
-    if h:
+    if h and h.get("scored"):
         lines.append(f"- hallucination rate: {_pct(h.get('rate'))}% ({h.get('hallucinated', 0)}/"
                      f"{h.get('scored', 0)} scored); {h.get('definition', '')}".rstrip("; "))
+    elif h:
+        lines.append("- hallucination rate: not measurable here (no item has a known scene or is unanswerable); "
+                     f"definition: {h.get('definition', '')}".rstrip("; "))
     probs = s.get("problems") or []
     if probs:
         lines.append(f"- input problems: {len(probs)} (listed in report.json)")
