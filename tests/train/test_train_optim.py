@@ -80,3 +80,9 @@ def test_scheduler_drives_the_optimizer_lr() -> None:
     assert seen[0] == pytest.approx(5e-4) and seen[1] == pytest.approx(1e-3)
     assert seen[-1] < 1e-4 and len({g["lr"] for g in opt.param_groups}) == 1
     torch.testing.assert_close(torch.tensor(seen[2]), torch.tensor(1e-3 * lr_factor(2, 20, 2)))
+
+
+def test_fused_adamw_for_plain_cpu_parameters() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt = build_optimizer(model, TrainConfig())
+    assert opt.defaults["fused"] is True
