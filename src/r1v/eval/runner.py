@@ -85,7 +85,8 @@ def read_done(path: Path) -> dict[str, dict[str, Any]]:
     if not path.exists():
         return done
     good_lines = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for line in lines:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
@@ -93,7 +94,7 @@ def read_done(path: Path) -> dict[str, dict[str, Any]]:
         if isinstance(rec, dict) and "id" in rec:
             done[str(rec["id"])] = rec
             good_lines.append(line)
-    if len(good_lines) != sum(1 for _ in path.read_text(encoding="utf-8").splitlines()):
+    if len(good_lines) != len(lines):
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(x + "\n" for x in good_lines), encoding="utf-8")
         os.replace(tmp, path)
