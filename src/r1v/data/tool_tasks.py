@@ -1,0 +1,148 @@
+"""A rendered task family that needs a tool: find a small shape in a large noisy image by zooming in.
+
+`zoom` task: a `size` x `size` canvas (default 896 px) of grey speckle noise split into a 3x3 grid; every
+cell holds one small shape (circle, square, triangle or star, random colours, radius ~2.2% of the canvas)
+near its centre. The question names a cell ("What shape is in the top-left part of the image?") and the
+gold answer is that cell's shape. Seen whole at one 224 px tile, each shape is ~10 px across (less than one
+14 px patch) and its kind is hard to read; the central half of the cell zoomed to 224 px shows it ~60 px
+across.
+
+`expert_turns(sample)` is the scripted expert: turn 0 thinks and calls the `code` tool to crop and zoom
+the named cell, turn 1 reads the zoomed crop and answers. `flaw` makes deliberately bad experts for the
+R1V4 trajectory filters: "wrong_cell" (crops the wrong cell and answers what is there), "bug" (code that
+raises in the sandbox), "recrop" (crops the wrong cell first, then the right one).
+
+Determinism: sample i of split s with seed b draws from its own RNG seeded by sha256("tool:b:s:i"); train
+and held-out streams never share a per-sample seed. `meta["scene"]` redraws the image (`render_zoom`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from r1v.data.schema import Sample
+from r1v.data.synthetic import COLOURS, SHAPES, SPLITS, _draw_shape
+from r1v.errors import DataError
+
+CELL_NAMES = (("top-left", "top", "top-right"), ("left", "centre", "right"),
+              ("bottom-left", "bottom", "bottom-right"))
+FLAWS = (None, "wrong_cell", "bug", "recrop")
+DEFAULT_SIZE = 896
+ZOOM_TO = 224
+
+
+def _rng(seed: int, split: str, index: int) -> random.Random:
+    digest = hashlib.sha256(f"tool:{seed}:{split}:{index}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def crop_box(size: int, row: int, col: int) -> tuple[int, int, int, int]:
+    """The expert's crop: the central half of cell (row, col) of a size x size canvas."""
+    cell = size / 3
+    x0, y0 = round(col * cell + cell / 4), round(row * cell + cell / 4)
+    return x0, y0, round(x0 + cell / 2), round(y0 + cell / 2)
+
+
+def make_zoom_task(index: int, *, seed: int = 0, split: str = "train", size: int = DEFAULT_SIZE) -> Sample:
+    """One zoom task, fully determined by (index, seed, split, size)."""
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {SPLITS}, got {split!r}", field="split")
+    if size < 192:
+        raise DataError(f"size must be at least 192 px, got {size}", field="size")
+    rng = _rng(seed, split, index)
+    cell = size / 3
+    radius = max(4, round(size * 0.022))
+    objects = []
+    for r in range(3):
+        for c in range(3):
+            jitter = cell * 0.06
+            objects.append({"kind": rng.choice(SHAPES), "colour": rng.choice(list(COLOURS)), "row": r, "col": c,
+                            "x": round((c + 0.5) * cell + rng.uniform(-jitter, jitter)),
+                            "y": round((r + 0.5) * cell + rng.uniform(-jitter, jitter)), "size": radius})
+    row, col = rng.randrange(3), rng.randrange(3)
+    target = objects[row * 3 + col]
+    scene = {"size": size, "objects": objects, "noise_seed": rng.randrange(2**31)}
+    question = (f"What shape is in the {CELL_NAMES[row][col]} part of the image? "
+                "Answer with one word: circle, square, triangle or star.")
+    meta = {"task": "tool_zoom", "split": split, "seed": seed, "index": index, "scene": scene,
+            "cell": [row, col], "box": list(crop_box(size, row, col))}
+    return Sample.from_question(f"{split}-zoom-s{seed}-{index}", question, images=[render_zoom(scene)],
+                                answer=target["kind"], **meta)
+
+
+def generate_zoom_tasks(n: int, *, seed: int = 0, split: str = "train", size: int = DEFAULT_SIZE) -> list[Sample]:
+    """n zoom tasks (images in memory)."""
+    if n < 0:
+        raise DataError(f"n must be >= 0, got {n}", field="n")
+    return [make_zoom_task(i, seed=seed, split=split, size=size) for i in range(n)]
+
+
+def render_zoom(scene: dict[str, Any]) -> Image.Image:
+    """Draw a zoom scene: speckle noise, faint grid-free background, one small shape per cell."""
+    size = int(scene["size"])
+    noise = np.random.default_rng(int(scene["noise_seed"])).integers(150, 256, size=(size, size, 1), dtype=np.uint8)
+    img = Image.fromarray(np.repeat(noise, 3, axis=2), "RGB")
+    draw = ImageDraw.Draw(img)
+    for obj in scene["objects"]:
+        _draw_shape(draw, obj["kind"], obj["x"], obj["y"], obj["size"], COLOURS[obj["colour"]])
+    return img
+
+
+# ------------------------------------------------------------------------------------------- experts
+
+
+def crop_code(box: tuple[int, int, int, int] | list[int], zoom: int = ZOOM_TO) -> str:
+    x0, y0, x1, y1 = box
+    return f"save(image.crop(({x0}, {y0}, {x1}, {y1})).resize(({zoom}, {zoom})))"
+
+
+def _call(code: str) -> str:
+    return "<tool_call>" + json.dumps({"name": "code", "arguments": {"code": code}}) + "</tool_call>"
+
+
+def _wrong_cell(sample: Sample) -> tuple[int, int]:
+    row, col = sample.meta["cell"]
+    return (row + 1) % 3, col
+
+
+def expert_turns(sample: Sample, flaw: str | None = None) -> list[str]:
+    """The scripted expert's assistant turns for a zoom task (see the module docstring for `flaw`)."""
+    if flaw not in FLAWS:
+        raise DataError(f"unknown expert flaw {flaw!r}; known: {FLAWS}", record=sample.id, field="flaw")
+    scene, (row, col) = sample.meta["scene"], sample.meta["cell"]
+    size, name = scene["size"], CELL_NAMES[row][col]
+    look = f"<think>\nThe shapes are too small to see. I crop the {name} part and zoom in.\n</think>\n"
+    answer_kind = sample.answer
+    turns = []
+    if flaw == "bug":
+        return [look + _call("save(image.crop(box).resize((224, 224)))")]  # `box` is undefined: NameError
+    if flaw in ("wrong_cell", "recrop"):
+        wr, wc = _wrong_cell(sample)
+        turns.append(look + _call(crop_code(crop_box(size, wr, wc))))
+        if flaw == "wrong_cell":
+            answer_kind = scene["objects"][wr * 3 + wc]["kind"]
+        else:
+            turns.append(f"<think>\nThis may be the wrong part. I crop the {name} part again.\n</think>\n"
+                         + _call(crop_code(sample.meta["box"])))
+    else:
+        turns.append(look + _call(crop_code(sample.meta["box"])))
+    turns.append(f"<think>\nThe zoomed image shows a {answer_kind}.\n</think>\n<answer>{answer_kind}</answer>")
+    return turns
+
+
+def expert_script(flaws: dict[str, str | None] | None = None):
+    """A `ScriptedPolicy` script: turn t of the expert for the sample's id (with its flaw, if any)."""
+    flaws = flaws or {}
+
+    def script(sample: Sample, turn: int) -> str:
+        base = sample.id.split("#")[0]
+        turns = expert_turns(sample, flaws.get(base))
+        return turns[turn] if turn < len(turns) else turns[-1]
+
+    return script

@@ -1,0 +1,54 @@
+"""The rendered zoom task family and its scripted experts."""
+
+import numpy as np
+import pytest
+
+from r1v.data.tool_tasks import (
+    CELL_NAMES,
+    crop_box,
+    expert_turns,
+    generate_zoom_tasks,
+    make_zoom_task,
+    render_zoom,
+)
+from r1v.errors import DataError
+
+
+def test_deterministic_and_splits_differ():
+    a, b = make_zoom_task(5), make_zoom_task(5)
+    assert a.meta["scene"] == b.meta["scene"] and a.answer == b.answer
+    assert np.array_equal(np.asarray(a.images[0]), np.asarray(render_zoom(a.meta["scene"])))
+    train = {repr(s.meta["scene"]) for s in generate_zoom_tasks(20)}
+    held = {repr(s.meta["scene"]) for s in generate_zoom_tasks(20, split="heldout")}
+    assert not train & held
+
+
+def test_answer_is_the_named_cell_and_the_crop_contains_it():
+    for s in generate_zoom_tasks(12):
+        row, col = s.meta["cell"]
+        assert CELL_NAMES[row][col] in s.question
+        obj = s.meta["scene"]["objects"][row * 3 + col]
+        assert obj["kind"] == s.answer
+        x0, y0, x1, y1 = s.meta["box"]
+        assert x0 + obj["size"] <= obj["x"] <= x1 - obj["size"] and y0 + obj["size"] <= obj["y"] <= y1 - obj["size"]
+        assert s.images[0].size == (896, 896)
+
+
+def test_shape_is_small_in_full_view_but_large_in_the_crop():
+    s = make_zoom_task(0)
+    radius = s.meta["scene"]["objects"][0]["size"]
+    assert radius * 2 * 224 / 896 < 14  # smaller than one 14 px patch at one 224 px tile
+    x0, _, x1, _ = crop_box(896, 0, 0)
+    assert radius * 2 * 224 / (x1 - x0) > 40
+
+
+def test_expert_turns_and_flaws():
+    s = make_zoom_task(1)
+    good = expert_turns(s)
+    assert len(good) == 2 and str(tuple(s.meta["box"])) in good[0] and good[1].endswith(f"<answer>{s.answer}</answer>")
+    assert len(expert_turns(s, "recrop")) == 3
+    assert "box)" in expert_turns(s, "bug")[0]
+    with pytest.raises(DataError):
+        expert_turns(s, "nope")
+    with pytest.raises(DataError):
+        make_zoom_task(0, split="test")
