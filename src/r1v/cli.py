@@ -167,11 +167,19 @@ def chat(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling (Skywork default 0.95).")] = 0.95,
     repetition_penalty: Annotated[float, typer.Option(help="Repetition penalty (Skywork default 1.05).")] = 1.05,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    agent: Annotated[bool, typer.Option("--agent", help="Run the agent loop with tools (code sandbox), greedy.")] = False,
+    max_turns: Annotated[int, typer.Option(help="Agent mode: model turns before the episode is stopped.")] = 4,
 ) -> None:
     """Ask a model about images; streams the thinking and the answer separately."""
     from r1v.serve.chat import run_chat
 
     try:
+        if agent:
+            from r1v.recipes.agent_sft import agent_chat
+
+            agent_chat(model=model, question=question, images=list(image or []), max_turns=max_turns,
+                       max_new_tokens=max_new_tokens)
+            return
         run_chat(model=model, question=question, images=list(image or []), max_think_tokens=max_think_tokens,
                  think=not no_think, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                  repetition_penalty=repetition_penalty, seed=seed)
@@ -199,11 +207,23 @@ def eval_(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     judge_url: Annotated[str | None, typer.Option(help="Optional OpenAI-compatible judge endpoint.")] = None,
     judge_model: Annotated[str | None, typer.Option(help="Model name for the judge.")] = None,
+    agent: Annotated[bool, typer.Option("--agent", help="Answer with the agent loop and tools (benchmark 'zoom' "
+                                        "with --data N: the held-out zoom task).")] = False,
+    max_turns: Annotated[int, typer.Option(help="Agent mode: model turns per episode.")] = 4,
 ) -> None:
     """Generate answers for a benchmark and score them with its own rule (resumable)."""
     from r1v.eval.report import markdown
     from r1v.eval.runner import EvalConfig, evaluate
 
+    if agent:
+        from r1v.recipes.agent_sft import agent_eval
+
+        try:
+            agent_eval(model=model, benchmark=benchmark, data=data, out=out, limit=limit, max_turns=max_turns,
+                       max_new_tokens=min(max_new_tokens, 512), max_tiles=max_tiles, batch_size=batch_size)
+        except R1VError as e:
+            _fail(e)
+        return
     cfg = EvalConfig(model=model, benchmark=benchmark, data=data, out=out, runs=runs, prompt=prompt,  # type: ignore[arg-type]
                      limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
                      max_think_tokens=max_think_tokens, max_tiles=max_tiles, think=not no_think,

@@ -34,6 +34,7 @@ STAGES: dict[str, str] = {
     "mpo": "r1v.recipes.mpo",
     "rm": "r1v.recipes.reward_model",
     "connector-tune": "r1v.recipes.connector_tune",
+    "agent-sft": "r1v.recipes.agent_sft",
 }
 
 _STAGE_LINE = re.compile(r"^#\s*r1v-stage:\s*([\w-]+)\s*$", re.MULTILINE)

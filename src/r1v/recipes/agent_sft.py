@@ -1,0 +1,306 @@
+"""Agent SFT (R1V4-Lite): supervised fine-tuning on filtered tool-use trajectories.
+
+    r1v train agent-sft --config configs/agent_sft.yaml
+    r1v train agent-sft --config configs/agent_sft.yaml model=smol tasks=200 train.max_steps=120 eval_tasks=40
+
+1. Trajectories: `rollouts_per_task` scripted-expert episodes per rendered zoom task (`r1v.data.tool_tasks`)
+   run through the real agent loop, so every crop is a real sandbox execution; a share `flaw_rate` of the
+   rollouts are deliberately flawed experts (wrong cell, code that raises, re-cropping).
+2. R1V4 filters (`filter_trajectories`): keep an episode only if it ended with an answer, that answer matches
+   the gold answer and the last thought states it (final-answer consistency), no tool call failed (no sandbox
+   errors) and it cropped once (no repeated crops). Counts by reason go to summary.json.
+3. SFT: each kept episode gives one sample per assistant turn (`AgentTrajectory.training_samples`);
+   observations are user turns, so their tokens (text and images) have label -100 and only model turns
+   are learned. Loss, batching and the loop are those of `r1v train sft`.
+4. Optional held-out check (`eval_tasks`): agent-loop accuracy with the code tool before and after.
+
+`max_tiles` caps the tiles per image (1: the model sees every image as one 224 px tile, so the zoom tool is
+the only way to see small things, and CPU runs stay cheap).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from r1v.agent.loop import AgentTrajectory, ScriptedPolicy, default_params, run_episodes
+from r1v.agent.tools import ToolRegistry, default_registry
+from r1v.config import to_dict
+from r1v.data.schema import Sample
+from r1v.data.tool_tasks import FLAWS, expert_script, generate_zoom_tasks
+from r1v.errors import ConfigError
+from r1v.recipes.common import (
+    BadSamples,
+    Row,
+    build_trainable,
+    collate_groups,
+    encode_rows,
+    export_fn,
+    grouped_training_set,
+    print_table,
+    save_vlm,
+    write_summary,
+)
+from r1v.train import TrainConfig, sft_objective, train
+
+_CROP = re.compile(r"\.crop\s*\(")
+
+
+@dataclass
+class AgentSFTConfig:
+    """`r1v train agent-sft`: one typed source of truth, validated on load."""
+
+    model: str = "tiny"
+    """A preset name (tiny, smol) or a model folder."""
+    tasks: int = 16
+    """Rendered zoom tasks (train split) to make expert trajectories from."""
+    rollouts_per_task: int = 2
+    flaw_rate: float = 0.25
+    """Share of expert rollouts that are deliberately flawed (they exercise the filters)."""
+    image_size: int = 896
+    max_tiles: int | None = 1
+    """Cap on tiles per image (None: the model's own setting)."""
+    max_turns: int = 4
+    max_seq_len: int = 4096
+    seed: int = 0
+    eval_tasks: int = 0
+    """Held-out zoom tasks for agent accuracy before/after training (0: no check)."""
+    eval_max_new_tokens: int = 96
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir=Path("runs/agent_sft")))
+
+    def validate(self) -> None:
+        if self.tasks < 1 or self.rollouts_per_task < 1:
+            raise ConfigError("tasks and rollouts_per_task: must be >= 1")
+        if not 0.0 <= self.flaw_rate <= 1.0:
+            raise ConfigError(f"flaw_rate: must be in [0, 1], got {self.flaw_rate}")
+        if self.max_tiles is not None and self.max_tiles < 1:
+            raise ConfigError("max_tiles: must be >= 1 or null")
+        if self.max_turns < 1 or self.max_seq_len < 8 or self.eval_tasks < 0 or self.eval_max_new_tokens < 1:
+            raise ConfigError("max_turns, max_seq_len, eval_tasks, eval_max_new_tokens: out of range")
+        self.train.validate()
+
+
+CONFIG = AgentSFTConfig
+
+
+# ------------------------------------------------------------------------------------------ filters
+
+
+def normalise_answer(text: str | None) -> str:
+    return re.sub(r"[^a-z0-9 ]", "", (text or "").lower()).strip()
+
+
+def answer_matches(pred: str | None, gold: str | None) -> bool:
+    """Normalised equality (case, punctuation), or the gold word as the prediction's first word."""
+    p, g = normalise_answer(pred), normalise_answer(gold)
+    return bool(g) and (p == g or p.split()[:1] == [g])
+
+
+def rejection_reason(traj: AgentTrajectory) -> str | None:
+    """Why an episode fails the R1V4 filters (None: keep it)."""
+    if traj.finish != "answer":
+        return "no_answer"
+    if any(not s.ok for s in traj.steps):
+        return "tool_error"
+    crops = [s for s in traj.steps if s.name == "code" and _CROP.search(str((s.arguments or {}).get("code", "")))]
+    calls = [repr(sorted((s.arguments or {}).items())) for s in traj.steps if s.name]
+    if len(crops) > 1 or len(calls) != len(set(calls)):
+        return "repeated_crop"
+    last = traj.turns[-1].content
+    last_think = last.split("</think>")[0] if "</think>" in last else ""
+    if not answer_matches(traj.final_answer, traj.sample.answer) or \
+            normalise_answer(traj.final_answer) not in normalise_answer(last_think):
+        return "inconsistent_answer"
+    return None
+
+
+def filter_trajectories(trajs: Sequence[AgentTrajectory]) -> tuple[list[AgentTrajectory], Counter[str]]:
+    """(kept episodes, rejected counts by reason)."""
+    kept, rejected = [], Counter()
+    for t in trajs:
+        reason = rejection_reason(t)
+        if reason is None:
+            kept.append(t)
+        else:
+            rejected[reason] += 1
+    return kept, rejected
+
+
+def expert_trajectories(tasks: Sequence[Sample], registry: ToolRegistry, *, rollouts: int, flaw_rate: float,
+                        seed: int, work_dir: Path, max_turns: int = 4) -> list[AgentTrajectory]:
+    """`rollouts` scripted-expert episodes per task through the real loop (real sandbox runs)."""
+    rng = random.Random(seed)
+    samples, flaws = [], {}
+    for task in tasks:
+        for k in range(rollouts):
+            s = replace(task, id=f"{task.id}~r{k}")
+            flaws[s.id] = rng.choice(FLAWS[1:]) if rng.random() < flaw_rate else None
+            samples.append(s)
+    return run_episodes(ScriptedPolicy(expert_script(flaws)), samples, registry, max_turns=max_turns,
+                        work_dir=work_dir)
+
+
+# --------------------------------------------------------------------------------------------- eval
+
+
+def agent_accuracy(vlm: Any, samples: Sequence[Sample], registry: ToolRegistry, *, max_turns: int = 4,
+                   max_new_tokens: int = 96, batch_size: int = 8, work_dir: Path | None = None
+                   ) -> tuple[float, list[AgentTrajectory]]:
+    """Greedy agent-loop accuracy (normalised answer match) and the episodes."""
+    from r1v.rollout.engine import TransformersEngine
+
+    engine = TransformersEngine(vlm)
+    was_training = vlm.model.training
+    vlm.model.eval()
+    trajs: list[AgentTrajectory] = []
+    try:
+        for start in range(0, len(samples), batch_size):
+            trajs += run_episodes(engine, list(samples[start:start + batch_size]), registry, max_turns=max_turns,
+                                  params=default_params(max_new_tokens), work_dir=work_dir and work_dir / str(start))
+    finally:
+        vlm.model.train(was_training)
+    correct = [answer_matches(t.final_answer, t.sample.answer) for t in trajs]
+    return (sum(correct) / len(correct) if correct else float("nan")), trajs
+
+
+def with_max_tiles(vlm: Any, max_tiles: int | None) -> Any:
+    """`vlm` with its processing spec's tiles per image capped."""
+    if max_tiles is None:
+        return vlm
+    return replace(vlm, spec=replace(vlm.spec, max_tiles=max_tiles, min_tiles=min(vlm.spec.min_tiles, max_tiles)))
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+def run(cfg: AgentSFTConfig, console: Console | None = None) -> dict:
+    """Run the stage; returns the summary written to `train.out_dir/summary.json`."""
+    from r1v.processing.processor import Processor
+
+    console = console or Console()
+    out = cfg.train.out_dir
+    registry = default_registry()
+    tasks = generate_zoom_tasks(cfg.tasks, seed=cfg.seed, split="train", size=cfg.image_size)
+    trajs = expert_trajectories(tasks, registry, rollouts=cfg.rollouts_per_task, flaw_rate=cfg.flaw_rate,
+                                seed=cfg.seed, work_dir=out / "trajectories", max_turns=cfg.max_turns)
+    kept, rejected = filter_trajectories(trajs)
+    rows = [Row(s, "agent-trajectories", t.sample.id) for t in kept for s in t.training_samples()]
+    console.print(f"agent-sft: {len(trajs)} expert episodes, kept {len(kept)}, rejected {dict(rejected)}; "
+                  f"{len(rows)} training turns")
+
+    vlm, params = build_trainable(cfg.model, cfg.train.policy)
+    vlm = with_max_tiles(vlm, cfg.max_tiles)
+    processor = Processor(vlm.tokenizer, vlm.spec)
+    bad = BadSamples("skip")
+    encoded = encode_rows(processor, rows, max_seq_len=cfg.max_seq_len, bad=bad)
+    dataset, loop_cfg, batch_stats = grouped_training_set(encoded, cfg.train)
+
+    held = generate_zoom_tasks(cfg.eval_tasks, seed=cfg.seed, split="heldout", size=cfg.image_size)
+    before = agent_accuracy(vlm, held, registry, max_turns=cfg.max_turns,
+                            max_new_tokens=cfg.eval_max_new_tokens)[0] if held else None
+    result = train(vlm.model, dataset, sft_objective(), loop_cfg, collate_fn=collate_groups(processor),
+                   export_fn=export_fn(vlm))
+    final = save_vlm(vlm, out / "final")
+    after = agent_accuracy(vlm, held, registry, max_turns=cfg.max_turns,
+                           max_new_tokens=cfg.eval_max_new_tokens)[0] if held else None
+
+    summary = {
+        "stage": "agent-sft", "model": cfg.model, "final": str(final),
+        "trajectories": {"episodes": len(trajs), "kept": len(kept), "rejected": dict(rejected),
+                         "tool_calls": sum(len(t.steps) for t in trajs)},
+        "samples": {"turns": len(rows), "used": len(encoded), **batch_stats}, "bad_samples": bad.summary(),
+        "params": params, "steps": result.state.step, "last_metrics": result.last_metrics,
+        "eval": {"tasks": len(held), "agent_accuracy_before": before, "agent_accuracy_after": after},
+        "config": to_dict(cfg),
+    }
+    write_summary(out, summary)
+    table = [("episodes kept / rejected", f"{len(kept)} / {sum(rejected.values())}"),
+             ("training turns", len(encoded)), ("steps", result.state.step),
+             ("last loss", result.last_metrics.get("sft", float("nan")))]
+    if held:
+        table += [("held-out agent accuracy before", before), ("held-out agent accuracy after", after)]
+    print_table(console, f"agent-sft -> {final}", ["", "value"], table)
+    return summary
+
+
+# ------------------------------------------------------------------------------ chat / eval entry points
+
+
+def episode_record(traj: AgentTrajectory, correct: bool | None = None) -> dict[str, Any]:
+    """A JSON-able summary of one episode (turn texts, tool steps, answer, finish)."""
+    return {"id": traj.sample.id, "answer": traj.sample.answer, "final_answer": traj.final_answer,
+            "correct": correct, "finish": traj.finish, "turns": [{"role": m.role, "content": m.content}
+                                                                 for m in traj.turns],
+            "steps": [{"turn": s.turn, "name": s.name, "ok": s.ok, "error": s.error, "images": s.num_images}
+                      for s in traj.steps]}
+
+
+def agent_chat(*, model: str, question: str, images: Sequence[Path], max_turns: int = 4, max_new_tokens: int = 256,
+               max_tiles: int | None = None, work_dir: Path | None = None, console: Console | None = None
+               ) -> AgentTrajectory:
+    """`r1v chat --agent`: one greedy agent episode with the code tool, printed turn by turn."""
+    from r1v.model.build import load_vlm
+    from r1v.processing.images import load_image
+    from r1v.rollout.engine import TransformersEngine
+
+    console = console or Console()
+    loaded = [load_image(p) for p in images]
+    vlm = with_max_tiles(load_vlm(model), max_tiles)
+    sample = Sample.from_question("chat", question, images=loaded)
+    traj = run_episodes(TransformersEngine(vlm), [sample], default_registry(), max_turns=max_turns,
+                        params=default_params(max_new_tokens), work_dir=work_dir)[0]
+    for m in traj.turns:
+        console.print("[bold cyan]model[/]" if m.role == "assistant" else "[bold yellow]tool[/]")
+        console.print(m.content, markup=False, highlight=False)
+    console.print(f"[bold green]answer:[/] {traj.final_answer}  [dim](finish: {traj.finish}, "
+                  f"{len(traj.steps)} tool steps)[/]")
+    return traj
+
+
+def agent_eval(*, model: str, benchmark: str, data: Path, out: Path, limit: int | None = None, max_turns: int = 4,
+               max_new_tokens: int = 256, max_tiles: int | None = None, batch_size: int = 8,
+               console: Console | None = None) -> dict[str, Any]:
+    """`r1v eval --agent`: agent-loop accuracy on a benchmark's local files, or on the held-out zoom task
+    (`--benchmark zoom --data N`: the first N held-out zoom tasks). Writes episodes.jsonl and report.json."""
+    import json
+
+    from r1v.data.sources import atomic_write_text
+    from r1v.model.build import load_vlm
+
+    console = console or Console()
+    if benchmark == "zoom":
+        n = int(str(data)) if str(data).isdigit() else 40
+        samples = generate_zoom_tasks(min(n, limit or n), split="heldout")
+    else:
+        from r1v.data.benchmarks import load_benchmark
+
+        samples = load_benchmark(benchmark, data, limit=limit)
+    vlm = with_max_tiles(load_vlm(model), max_tiles)
+    out.mkdir(parents=True, exist_ok=True)
+    _, trajs = agent_accuracy(vlm, samples, default_registry(), max_turns=max_turns, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, work_dir=out / "tool_outputs")
+    if benchmark == "zoom":
+        correct = [answer_matches(t.final_answer, t.sample.answer) for t in trajs]
+    else:
+        from r1v.rewards.rules import accuracy_many, columns_of
+
+        scores = accuracy_many([f"\\boxed{{{t.final_answer or ''}}}" for t in trajs],
+                               [columns_of(t.sample) for t in trajs])
+        correct = [p["accuracy"] >= 1.0 for p in scores]
+    atomic_write_text(out / "episodes.jsonl", "".join(json.dumps(episode_record(t, c), default=str) + "\n"
+                                                      for t, c in zip(trajs, correct, strict=True)))
+    report = {"benchmark": benchmark, "model": model, "n": len(trajs),
+              "accuracy": sum(correct) / len(correct) if correct else float("nan"),
+              "finish": dict(Counter(t.finish for t in trajs)),
+              "tool_calls": sum(len(t.steps) for t in trajs),
+              "tool_errors": sum(not s.ok for t in trajs for s in t.steps)}
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    print_table(console, f"agent eval: {benchmark}", ["", "value"], list(report.items()))
+    return report

@@ -1,0 +1,63 @@
+"""agent-sft: R1V4 trajectory filters on real expert episodes, and the stage end to end on the tiny model."""
+
+import json
+
+import pytest
+
+from r1v.agent.loop import AgentTrajectory, ScriptedPolicy, ToolStep, run_episodes
+from r1v.agent.tools import default_registry
+from r1v.data.schema import Message, Sample
+from r1v.data.tool_tasks import expert_script, generate_zoom_tasks
+from r1v.recipes import load_stage_config, run_stage
+from r1v.recipes.agent_sft import answer_matches, filter_trajectories, rejection_reason
+
+
+def _traj(final, think, steps=(), finish="answer", gold="star"):
+    s = Sample.from_question("t", "q", answer=gold)
+    turns = [Message("assistant", f"<think>\n{think}\n</think>\n<answer>{final}</answer>")]
+    return AgentTrajectory(sample=s, turns=turns, final_answer=final, steps=list(steps), finish=finish)
+
+
+def test_filter_rules_on_constructed_episodes():
+    crop = {"code": "save(image.crop((1, 2, 3, 4)))"}
+    assert rejection_reason(_traj("star", "a star", [ToolStep(0, "code", crop, True)])) is None
+    assert rejection_reason(_traj("circle", "a circle")) == "inconsistent_answer"  # wrong vs gold
+    assert rejection_reason(_traj("star", "a circle")) == "inconsistent_answer"  # thought disagrees
+    assert rejection_reason(_traj("star", "a star", [ToolStep(0, "code", crop, False, "boom")])) == "tool_error"
+    other = {"code": "save(image.crop((5, 6, 7, 8)))"}
+    assert rejection_reason(_traj("star", "a star", [ToolStep(0, "code", crop, True),
+                                                     ToolStep(1, "code", other, True)])) == "repeated_crop"
+    assert rejection_reason(_traj(None, "", finish="turn_limit")) == "no_answer"
+    assert answer_matches("Star.", "star") and answer_matches("star shape", "star") and not answer_matches("", "star")
+
+
+def test_filters_on_real_flawed_expert_episodes(tmp_path):
+    pytest.importorskip("r1v.agent.sandbox")
+    tasks = generate_zoom_tasks(4)
+    flaws = {tasks[1].id: "wrong_cell", tasks[2].id: "bug", tasks[3].id: "recrop"}
+    trajs = run_episodes(ScriptedPolicy(expert_script(flaws)), tasks, default_registry(), max_turns=3,
+                         work_dir=tmp_path)
+    kept, rejected = filter_trajectories(trajs)
+    assert [t.sample.id for t in kept] == [tasks[0].id]
+    assert rejected == {"inconsistent_answer": 1, "tool_error": 1, "repeated_crop": 1}
+
+
+def test_stage_end_to_end_tiny(tmp_path):
+    pytest.importorskip("r1v.agent.sandbox")
+    out = tmp_path / "run"
+    summary = run_stage("agent-sft", "configs/agent_sft.yaml",
+                        ["tasks=6", "train.max_steps=2", f"train.out_dir={out}", "eval_tasks=2",
+                         "eval_max_new_tokens=8", "max_turns=2"])
+    traj = summary["trajectories"]
+    assert traj["episodes"] == 12 and traj["kept"] + sum(traj["rejected"].values()) == 12 and traj["kept"] >= 6
+    assert summary["samples"]["used"] == 2 * traj["kept"]  # one training sample per model turn
+    assert summary["steps"] == 2 and (out / "final" / "config.json").is_file()
+    assert summary["eval"]["agent_accuracy_before"] is not None
+    assert json.loads((out / "summary.json").read_text())["stage"] == "agent-sft"
+
+
+def test_config_validation():
+    from r1v.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        load_stage_config("agent-sft", None, ["flaw_rate=2"])
