@@ -114,7 +114,7 @@ def test_keep_revise_drop_and_penalty_per_sample(dataset, tmp_path) -> None:
     assert all(c[1].n == cfg.teacher.attempts for c in teacher.calls)
 
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert saved["kept"] == 2 and saved["skipped_total"] == 0 and saved["written"] == 4
+    assert saved["kept"] == 2 and saved["bad_samples"]["skipped"] == 0 and saved["written"] == 4
 
 
 def test_no_teacher_drops_the_wrong_ones(dataset, tmp_path) -> None:
@@ -152,13 +152,14 @@ def test_bad_input_skip_policy_counts_every_item(tmp_path) -> None:
     cfg = make_cfg(path, tmp_path / "out", max_prompt_tokens=100, on_bad_sample="skip", **{"teacher.kind": "none"})
     student = ScriptedEngine(lambda s, j: f"<think>so</think> \\boxed{{{s.answer}}}")
     summary = distill.run(cfg, student=student, log=lambda m: None)
-    assert summary["skipped"] == {"malformed": 1, "image": 2, "too_long": 1, "no_answer": 1}
-    assert summary["skipped_total"] == 5 and summary["prompts"] == 2 and summary["kept"] == 2
-    text = "\n".join(summary["problems"])
+    bad = summary["bad_samples"]
+    assert bad["by_reason"] == {"malformed": 1, "image": 2, "too_long": 1, "no_answer": 1}
+    assert bad["skipped"] == 5 and summary["prompts"] == 2 and summary["kept"] == 2
+    text = "\n".join(bad["examples"])
     for line, field in [(2, "malformed"), (3, "missing.png"), (4, "max_prompt_tokens"), (5, "answer"),
                         (6, "broken.png")]:
         assert f"mixed.jsonl, record {line}" in text and field in text
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["skipped_total"] == 5
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["bad_samples"]["skipped"] == 5
 
 
 def test_config_validation() -> None:

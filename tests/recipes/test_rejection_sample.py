@@ -109,7 +109,7 @@ def test_bad_input_policy(tmp_path) -> None:
     with pytest.raises(DataError, match=r"d\.jsonl, record 2.*gone\.png"):
         rs.run(make_cfg(path, tmp_path / "o"), teacher=teacher, log=lambda m: None)
     summary = rs.run(make_cfg(path, tmp_path / "o", "on_bad_sample=skip"), teacher=teacher, log=lambda m: None)
-    assert summary["skipped"] == {"image": 1} and summary["prompts"] == 1 and summary["kept"] == 2
+    assert summary["bad_samples"]["by_reason"] == {"image": 1} and summary["prompts"] == 1 and summary["kept"] == 2
 
 
 def test_config_validation() -> None:

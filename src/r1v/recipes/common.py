@@ -2,7 +2,8 @@
 
 - data: `read_stage_data(spec)` reads a JSONL/JSON/parquet file (or `synthetic:N`, rendered tasks with a
   short `<think>` chain, for micro runs) into samples that remember their file and line; `BadSamples`
-  applies the `on_bad_sample: error|skip` policy and counts what was skipped, by reason.
+  applies the `on_bad_sample: error|skip` policy and counts what was skipped, by reason (one class for
+  every stage); `check_prompts` keeps the prompts a generating stage (distill, rejection-sample) can use.
 - encoding: `encode_rows` runs the processor once per sample and enforces `max_seq_len` (an over-long
   sample is reported with its file and line, then raised or skipped by the policy).
 - batches: `length_grouped_batches` forms micro-batches of similar length (shuffle, cut into buckets,
@@ -20,6 +21,7 @@ import copy
 import importlib
 import importlib.util
 import json
+import math
 import random
 import re
 from collections import Counter
@@ -36,7 +38,7 @@ from torch import nn
 from r1v.data.benchmarks import with_prompt
 from r1v.data.schema import Message, Sample
 from r1v.data.sources import atomic_write_text, iter_records, record_to_sample
-from r1v.errors import ConfigError, DataError, R1VError
+from r1v.errors import ConfigError, DataError, ImageError, R1VError
 from r1v.model.build import VLM, load_vlm, save_model
 from r1v.model.parts import POLICIES, apply_lora, apply_policy, count_params
 from r1v.train import TrainConfig
@@ -59,15 +61,25 @@ class Skipped:
 
 @dataclass
 class BadSamples:
-    """The bad-sample policy of a run: raise the first problem (`error`) or skip and count (`skip`)."""
+    """The bad-sample policy of a run: raise the first problem (`error`) or skip and count (`skip`).
+
+    Every stage uses this one class; `log` (e.g. `print`) is also told of each skipped sample.
+    """
 
     policy: BadSamplePolicy = "error"
+    log: Callable[[str], None] | None = None
     items: list[Skipped] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("error", "skip"):
+            raise ConfigError(f"on_bad_sample must be 'error' or 'skip', got {self.policy!r}")
 
     def handle(self, err: R1VError, reason: str) -> None:
         if self.policy == "error":
             raise err
         self.items.append(Skipped(reason, str(err)))
+        if self.log is not None:
+            self.log(f"skipped bad sample [{reason}]: {err}")
 
     def summary(self, examples: int = 20) -> dict[str, Any]:
         """`{"policy", "skipped", "by_reason", "examples"}` for summary.json (never a silent drop)."""
@@ -117,8 +129,9 @@ def synthetic_rows(n: int, *, split: str = "train", seed: int = 0, image_size: i
 
 
 def read_stage_data(spec: str | Path, *, image_root: Path | None = None, bad: BadSamples | None = None,
-                    limit: int | None = None, with_target: bool = True) -> list[Row]:
-    """Rows from a data file (.jsonl/.json/.parquet) or `synthetic:N` / `synthetic-heldout:N`.
+                    limit: int | None = None, with_target: bool = True, seed: int = 0) -> list[Row]:
+    """Rows from a data file (.jsonl/.json/.parquet) or `synthetic:N` / `synthetic-heldout:N` (rendered
+    with `seed`; `with_target=False`: prompts only).
 
     Bad records (malformed lines, missing images, duplicate ids) go through `bad` (default: raise).
     """
@@ -126,7 +139,9 @@ def read_stage_data(spec: str | Path, *, image_root: Path | None = None, bad: Ba
     m = SYNTHETIC_RE.match(str(spec))
     if m:
         n = int(m.group(2)) if limit is None else min(int(m.group(2)), limit)
-        return synthetic_rows(n, split="heldout" if m.group(1) else "train", with_target=with_target)
+        return synthetic_rows(n, split="heldout" if m.group(1) else "train", seed=seed, with_target=with_target)
+    if str(spec).startswith(("synthetic:", "synthetic-heldout:")):
+        raise ConfigError(f"data {str(spec)!r}: expected synthetic:N or synthetic-heldout:N")
     path = Path(spec)
     root = Path(image_root) if image_root is not None else path.parent
     rows: list[Row] = []
@@ -149,6 +164,41 @@ def read_stage_data(spec: str | Path, *, image_root: Path | None = None, bad: Ba
         seen[sample.id] = where
         rows.append(Row(sample, str(path), where))
     return rows
+
+
+def prompt_tokens(sample: Sample, tokenizer: Any = None) -> int:
+    """Text tokens of the prompt turns (images excluded); chars / 4 without a tokenizer."""
+    text = "\n".join(m.content.replace("<image>", "") for m in sample.prompt_messages())
+    if tokenizer is None:
+        return math.ceil(len(text) / 4)
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def check_prompts(rows: Sequence[Row], bad: BadSamples, *, max_prompt_tokens: int,
+                  tokenizer: Any = None) -> list[Row]:
+    """The rows a generating stage can use: a gold answer, loadable images and at most `max_prompt_tokens`
+    prompt tokens; the others go through `bad` (reasons `no_answer`, `image`, `too_long`)."""
+    from r1v.processing.images import load_image
+
+    out = []
+    for r in rows:
+        s, where = r.sample, {"source": r.source, "record": r.record}
+        if s.answer is None or not str(s.answer).strip():
+            bad.handle(DataError("no gold answer to verify against", field="answer", **where), "no_answer")
+            continue
+        try:
+            for img in s.images:
+                load_image(img)
+        except ImageError as e:
+            bad.handle(DataError(str(e), field="images", **where), "image")
+            continue
+        n = prompt_tokens(s, tokenizer)
+        if n > max_prompt_tokens:
+            bad.handle(DataError(f"prompt has {n} tokens, more than max_prompt_tokens={max_prompt_tokens}",
+                                 field="messages", **where), "too_long")
+            continue
+        out.append(r)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- encoding
@@ -286,9 +336,11 @@ def save_vlm(vlm: VLM, folder: Path) -> Path:
 
 
 def export_fn(vlm: VLM) -> Callable[[nn.Module, Path], None]:
-    """The loop's hook writing a full model folder into each checkpoint (the stage hand-off)."""
-    def export(_model: nn.Module, folder: Path) -> None:
-        save_vlm(vlm, folder)
+    """The loop's hook writing a full model folder into each checkpoint (the stage hand-off). It writes the
+    module the loop hands it (under FSDP2, an unsharded copy of the gathered weights) with `vlm`'s tokenizer
+    and spec."""
+    def export(model: nn.Module, folder: Path) -> None:
+        save_vlm(replace(vlm, model=model), folder)
     return export
 
 

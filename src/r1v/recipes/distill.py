@@ -23,8 +23,8 @@ The whole algorithm, in order:
    the raw and normalised scores, P, and `source` in `meta`), `dropped.jsonl` and `summary.json`.
 
 The paper runs this before Stage 1 and before every iterative-SFT round; here one call is one round.
-The data helpers at the bottom (`BadSamples`, `load_prompts`, `check_prompts`, ...) are shared with
-`r1v.recipes.rejection_sample`.
+Reading and checking prompts (`read_stage_data`, `check_prompts`, `BadSamples`) come from
+`r1v.recipes.common`; the generation helpers here are shared with `r1v.recipes.rejection_sample`.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ from typing import Any, Literal
 from r1v.algos.length import drlc_penalty, minmax_normalise
 from r1v.config import to_dict
 from r1v.data.schema import Message, Sample
-from r1v.data.sources import atomic_write_text, iter_records, record_to_sample, write_jsonl
-from r1v.errors import ConfigError, DataError, ImageError, R1VError
+from r1v.data.sources import atomic_write_text, write_jsonl
+from r1v.errors import ConfigError, DataError, ImageError
+from r1v.recipes.common import BadSamplePolicy, BadSamples, Row, check_prompts, read_stage_data
 from r1v.rewards.extract import extract_answer, last_boxed
 from r1v.rewards.rules import accuracy_many, columns_of, gold_letter, is_multiple_choice
 from r1v.rollout.engine import Completion, SamplingParams, split_completion
 
-BadPolicy = Literal["error", "skip"]
 Source = Literal["kept", "revised", "dropped"]
 HINT = ("\n\nThe correct answer is {answer}. Reason step by step to it, then give the final answer "
         "as \\boxed{{}}.")
@@ -132,7 +132,7 @@ class Config:
     model: str = "tiny"
     image_root: str | None = None
     limit: int | None = None
-    on_bad_sample: BadPolicy = "error"
+    on_bad_sample: BadSamplePolicy = "error"
     max_prompt_tokens: int = 2048
     seed: int = 0
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -160,7 +160,7 @@ def run(cfg: Config, *, student: Any = None, teacher: Any = None, judge: Any = N
 
     t0 = time.time()
     bad = BadSamples(cfg.on_bad_sample, log)
-    prompts = load_prompts(cfg.data, image_root=cfg.image_root, limit=cfg.limit, seed=cfg.seed, bad=bad)
+    prompts = read_prompts(cfg, bad)
     vlm = None
     if student is None:
         vlm, student = build_engine(cfg.model)
@@ -180,7 +180,7 @@ def run(cfg: Config, *, student: Any = None, teacher: Any = None, judge: Any = N
         try:
             raw.append(scorers.score(p.sample))
         except ImageError as e:  # checked above, but a file may vanish or be unreadable in another way
-            bad.report(DataError(str(e), source=p.source, record=p.record, field="images"), "image")
+            bad.handle(DataError(str(e), source=p.source, record=p.record, field="images"), "image")
             continue
         kept_prompts.append(p)
     prompts = kept_prompts
@@ -246,17 +246,24 @@ def run(cfg: Config, *, student: Any = None, teacher: Any = None, judge: Any = N
         "stage": "distill", "prompts": len(prompts), "kept": counts["kept"], "revised": counts["revised"],
         "dropped": counts["dropped"], "written": len(out_rows),
         "penalty": {"min": min(penalty), "mean": sum(penalty) / len(penalty), "max": max(penalty)},
-        "judge_fallbacks": dict(scorers.fallbacks), **bad.summary(),
+        "judge_fallbacks": dict(scorers.fallbacks), "bad_samples": bad.summary(),
         "files": {"data": str(cfg.out / "data.jsonl"), "dropped": str(cfg.out / "dropped.jsonl")},
         "seconds": round(time.time() - t0, 3), "config": to_dict(cfg),
     }
     atomic_write_text(cfg.out / "summary.json", json.dumps(summary, indent=2, default=str))
     log(f"distill: kept {counts['kept']}, revised {counts['revised']}, dropped {counts['dropped']}, "
-        f"skipped {summary['skipped_total']} -> {cfg.out / 'data.jsonl'}")
+        f"skipped {bad.summary()['skipped']} -> {cfg.out / 'data.jsonl'}")
     return summary
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def read_prompts(cfg: Any, bad: BadSamples) -> list[Row]:
+    """The prompts of a generating stage's config (`data`, `image_root`, `limit`, `seed`): the stage's data
+    file or `synthetic:N`, assistant turns dropped later by `prompt_only`."""
+    return read_stage_data(cfg.data, image_root=Path(cfg.image_root) if cfg.image_root else None, bad=bad,
+                           limit=cfg.limit, with_target=False, seed=cfg.seed)
 
 
 def build_engine(target: str) -> tuple[Any, Any]:
@@ -348,117 +355,3 @@ class EndpointTeacher:
                                         num_think_tokens=len((think or "").split()), prompt_tokens=0))
             out.append(group)
         return out
-
-
-# ---------------------------------------------------------------------------------------------- bad input
-
-
-@dataclass
-class Prompt:
-    """A sample and where it came from (file and 1-based line for JSONL, record index otherwise)."""
-
-    sample: Sample
-    source: str
-    record: int | str
-
-
-class BadSamples:
-    """The `on_bad_sample` policy: `error` raises the first problem, `skip` counts it by kind and keeps a
-    readable message for the summary (and prints it), so nothing is dropped silently."""
-
-    def __init__(self, policy: BadPolicy, log: Callable[[str], None] = print) -> None:
-        if policy not in ("error", "skip"):
-            raise ConfigError(f"on_bad_sample must be 'error' or 'skip', got {policy!r}")
-        self.policy, self.log = policy, log
-        self.counts: Counter[str] = Counter()
-        self.messages: list[str] = []
-
-    def report(self, err: R1VError, kind: str) -> None:
-        if self.policy == "error":
-            raise err
-        self.counts[kind] += 1
-        self.messages.append(f"[{kind}] {err}")
-        self.log(f"skipped bad sample: {err}")
-
-    def summary(self) -> dict:
-        return {"skipped": dict(self.counts), "skipped_total": sum(self.counts.values()),
-                "problems": self.messages[:200]}
-
-
-def _kind_of(err: DataError) -> str:
-    text = str(err)
-    if "malformed JSON" in text:
-        return "malformed"
-    if (err.field or "").startswith("image"):
-        return "image"
-    return "invalid"
-
-
-def load_prompts(data: str, *, image_root: str | None = None, limit: int | None = None, seed: int = 0,
-                 bad: BadSamples) -> list[Prompt]:
-    """Read a data file record by record (keeping file and line), or render `synthetic:N` tasks."""
-    if data.startswith("synthetic:"):
-        from r1v.data.synthetic import generate_tasks
-
-        try:
-            n = int(data.split(":", 1)[1])
-        except ValueError:
-            raise ConfigError(f"data {data!r}: expected synthetic:N") from None
-        return [Prompt(s, "synthetic", i) for i, s in enumerate(generate_tasks(n, seed=seed))]
-    path = Path(data)
-    root = Path(image_root) if image_root else path.parent
-    out: list[Prompt] = []
-    seen: dict[str, int | str] = {}
-    for where, rec in iter_records(path):
-        if limit is not None and len(out) >= limit:
-            break
-        if isinstance(rec, DataError):
-            bad.report(rec, "malformed")
-            continue
-        try:
-            sample = record_to_sample(rec, source=str(path), record=where, image_root=root)
-        except DataError as e:
-            bad.report(e, _kind_of(e))
-            continue
-        if sample.id in seen:
-            bad.report(DataError(f"duplicate id {sample.id!r} (first at record {seen[sample.id]})",
-                                 source=str(path), record=where, field="id"), "duplicate_id")
-            continue
-        seen[sample.id] = where
-        out.append(Prompt(sample, str(path), where))
-    return out
-
-
-def prompt_tokens(sample: Sample, tokenizer: Any = None) -> int:
-    """Text tokens of the prompt turns (images excluded); chars / 4 without a tokenizer."""
-    text = "\n".join(m.content.replace("<image>", "") for m in sample.prompt_messages())
-    if tokenizer is None:
-        return math.ceil(len(text) / 4)
-    return len(tokenizer.encode(text, add_special_tokens=False))
-
-
-def check_prompts(prompts: list[Prompt], bad: BadSamples, *, max_prompt_tokens: int,
-                  tokenizer: Any = None) -> list[Prompt]:
-    """Keep prompts with a gold answer, loadable images and at most `max_prompt_tokens` prompt tokens."""
-    from r1v.processing.images import load_image
-
-    out = []
-    for p in prompts:
-        s = p.sample
-        if s.answer is None or not str(s.answer).strip():
-            bad.report(DataError("no gold answer to verify against", source=p.source, record=p.record,
-                                 field="answer"), "no_answer")
-            continue
-        try:
-            for img in s.images:
-                load_image(img)
-        except ImageError as e:
-            bad.report(DataError(str(e), source=p.source, record=p.record, field="images"), "image")
-            continue
-        n = prompt_tokens(s, tokenizer)
-        if n > max_prompt_tokens:
-            bad.report(DataError(f"prompt has {n} tokens, more than max_prompt_tokens={max_prompt_tokens}",
-                                 source=p.source, record=p.record, field="messages"), "too_long")
-            continue
-        out.append(p)
-    return out

@@ -17,7 +17,7 @@ The whole algorithm: for every prompt the teacher (a local model, or an OpenAI-c
 Each failure is counted under the first filter it fails (`summary.json`: `filtered`), so the counts add up
 to k x prompts. Kept completions become SFT samples (`data.jsonl`) whose assistant turn is
 `<think>\\n...\\n</think>\\n\\n... \\boxed{..}`. Bad input (malformed lines, missing images, missing gold,
-over-long prompts) follows `on_bad_sample` exactly as in `r1v.recipes.distill`.
+over-long prompts) follows `on_bad_sample` through `r1v.recipes.common` (as in every stage).
 """
 
 from __future__ import annotations
@@ -35,18 +35,16 @@ from r1v.config import to_dict
 from r1v.data.schema import Message
 from r1v.data.sources import atomic_write_text, write_jsonl
 from r1v.errors import ConfigError, DataError
+from r1v.recipes.common import BadSamplePolicy, BadSamples, check_prompts
 from r1v.recipes.distill import (
-    BadPolicy,
-    BadSamples,
     EndpointTeacher,
     GenerationConfig,
     TeacherConfig,
     assistant_turn,
     build_engine,
-    check_prompts,
     generate_chunked,
-    load_prompts,
     prompt_only,
+    read_prompts,
     verified,
 )
 from r1v.rewards.rules import repeat_ratio
@@ -86,7 +84,7 @@ class Config:
     repetition_penalty: float = 1.05
     image_root: str | None = None
     limit: int | None = None
-    on_bad_sample: BadPolicy = "error"
+    on_bad_sample: BadSamplePolicy = "error"
     max_prompt_tokens: int = 2048
     seed: int = 0
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -146,7 +144,7 @@ def run(cfg: Config, *, teacher: Any = None, log: Callable[[str], None] = print)
     """Rejection-sample a cold-start SFT set; returns (and writes) the summary. `teacher` may be injected."""
     t0 = time.time()
     bad = BadSamples(cfg.on_bad_sample, log)
-    prompts = load_prompts(cfg.data, image_root=cfg.image_root, limit=cfg.limit, seed=cfg.seed, bad=bad)
+    prompts = read_prompts(cfg, bad)
     if teacher is None:
         tc = cfg.teacher
         teacher = build_engine(tc.model)[1] if tc.kind == "model" else EndpointTeacher(
@@ -185,10 +183,10 @@ def run(cfg: Config, *, teacher: Any = None, log: Callable[[str], None] = print)
         "stage": "rejection-sample", "prompts": len(prompts), "generated": generated, "kept": len(rows),
         "filtered": {k: counts[k] for k in FILTERS},
         "prompts_with_kept": sum(1 for n in per_prompt if n), "yield": len(rows) / generated if generated else 0.0,
-        **bad.summary(), "files": {"data": str(cfg.out / "data.jsonl")},
+        "bad_samples": bad.summary(), "files": {"data": str(cfg.out / "data.jsonl")},
         "seconds": round(time.time() - t0, 3), "config": to_dict(cfg),
     }
     atomic_write_text(cfg.out / "summary.json", json.dumps(summary, indent=2, default=str))
     log(f"rejection-sample: {len(rows)} of {generated} completions kept from {len(prompts)} prompts; "
-        f"skipped {summary['skipped_total']} bad samples -> {cfg.out / 'data.jsonl'}")
+        f"skipped {bad.summary()['skipped']} bad samples -> {cfg.out / 'data.jsonl'}")
     return summary
