@@ -237,6 +237,45 @@ def eval_(
     typer.echo(f"wrote {out / 'report.json'}")
 
 
+sandbox_app = typer.Typer(help="Run Python in the agent's code sandbox (no network, limits, fresh folder).",
+                          no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("run")
+def sandbox_run(
+    script: Annotated[Path, typer.Argument(help="A Python file to run inside the sandbox.")],
+    image: Annotated[list[Path] | None, typer.Option("--image", help="An input image (repeatable): image_0.png, ...")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {ok, stdout, stderr, error, outputs} as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Wall-clock limit in seconds (CPU limit is half of it).")] = 20.0,
+    memory_mb: Annotated[int, typer.Option(help="Address-space limit in MB.")] = 1024,
+    out: Annotated[Path | None, typer.Option(help="Folder for the images the script saves (default: a temp folder).")] = None,
+) -> None:
+    """Run SCRIPT.py exactly as the agent's `code` tool would; exit code 1 when the run failed."""
+    from r1v.agent.sandbox import SandboxLimits, run_code
+
+    try:
+        code = script.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(R1VError(f"{script}: cannot read script: {e}"))
+    limits = SandboxLimits(wall_seconds=timeout, cpu_seconds=max(1.0, timeout / 2), memory_mb=memory_mb)
+    try:
+        result = run_code(code, images=image or [], limits=limits, out_dir=out)
+    except R1VError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        typer.echo(result.stdout, nl=False)
+        typer.echo(result.stderr, nl=False, err=True)
+        for path in result.outputs:
+            typer.echo(f"output: {path}")
+        if result.error:
+            typer.secho(f"sandbox error: {result.error}", fg=typer.colors.RED, err=True)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 # `r1v train STAGE --config PATH key=value ...`: the stages are registered in r1v.recipes.STAGES.
 from r1v.recipes import train_app  # noqa: E402  (light: stage modules load when their command runs)
 
