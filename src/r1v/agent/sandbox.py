@@ -94,7 +94,8 @@ def _read_roots() -> list[str]:
         spec = importlib.util.find_spec(module)
         if spec is not None and spec.submodule_search_locations:
             roots.add(str(Path(next(iter(spec.submodule_search_locations))).parent))
-    return sorted({os.path.realpath(r) for r in roots if r} | set(_SYSTEM_READ_ROOTS))
+    too_broad = {"/", os.path.realpath(Path.home()), os.path.realpath(tempfile.gettempdir())}
+    return sorted({os.path.realpath(r) for r in roots if r} - too_broad | set(_SYSTEM_READ_ROOTS))
 
 
 def _sys_path() -> list[str]:
@@ -201,8 +202,10 @@ def _take_outputs(folder: Path, out_dir: Path | None, limits: SandboxLimits) -> 
 
 def _signal_reason(returncode: int, limits: SandboxLimits) -> str:
     sig = -returncode
-    if sig == signal.SIGXCPU or sig == signal.SIGKILL:
+    if sig == signal.SIGXCPU:
         return f"timeout: cpu {limits.cpu_seconds:g} s"
+    if sig == signal.SIGKILL:  # the hard CPU limit (SIGXCPU ignored) or the kernel's OOM killer
+        return f"killed: cpu limit {limits.cpu_seconds:g} s or out of memory"
     if sig == signal.SIGSEGV:
         return "crashed (segmentation fault; maybe the memory limit)"
     try:
@@ -212,9 +215,10 @@ def _signal_reason(returncode: int, limits: SandboxLimits) -> str:
 
 
 def run_code(code: str, images: Sequence[Path] = (), limits: SandboxLimits = SandboxLimits(),
-             out_dir: Path | None = None) -> SandboxResult:
+             out_dir: Path | None = None, *, audit_hook: bool = True) -> SandboxResult:
     """Run `code` in the sandbox with copies of `images`; never raises for what the code does.
 
+    `audit_hook=False` leaves out the Python-level hook so tests can show the OS layers hold alone.
     Raises ImageError only when an input image is missing or unreadable (a caller error).
     """
     root = Path(tempfile.mkdtemp(prefix="r1v-sandbox-"))
@@ -225,7 +229,8 @@ def run_code(code: str, images: Sequence[Path] = (), limits: SandboxLimits = San
         (root / "code.py").write_text(code, encoding="utf-8")
         cfg = {"work_dir": str(work), "code_path": str(root / "code.py"), "status_path": str(root / "status.json"),
                "image_names": names, "limits": asdict(limits), "sys_path": _sys_path(),
-               "read_roots": _read_roots(), "rw_files": ["/dev/null"]}
+               "read_roots": _read_roots(), "rw_files": ["/dev/null"],
+               "audit_hook": audit_hook}
         (root / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
         env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8", "TMPDIR": str(work),
                "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
