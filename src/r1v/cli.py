@@ -187,6 +187,39 @@ def chat(
         _fail(e)
 
 
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="A model folder or preset.")] = "smol",
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY' (default: $R1V_API_KEY).")] = None,
+    engine: Annotated[str, typer.Option(help="'transformers' (this server) or 'vllm' (exec `vllm serve`).")] = "transformers",
+    max_batch: Annotated[int, typer.Option(help="Rows per generate call (1 = one request at a time).")] = 16,
+    max_queue: Annotated[int, typer.Option(help="Queued requests before answering 503.")] = 64,
+    max_body_mb: Annotated[float, typer.Option(help="Request body limit in MiB (413 above).")] = 20.0,
+    max_image_pixels: Annotated[int, typer.Option(help="Pixels per image limit (413 above).")] = 16_000_000,
+    max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 8192,
+    timeout: Annotated[float, typer.Option(help="Per-request timeout in seconds (504 after).")] = 300.0,
+    allow_file_dir: Annotated[Path | None, typer.Option(help="Allow file:// image URLs under this folder only.")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(help="Allow this browser origin (repeatable; default none).")] = None,
+    tensor_parallel_size: Annotated[int, typer.Option(help="--engine vllm: GPUs per model.")] = 1,
+    device: Annotated[str, typer.Option(help="Torch device for --engine transformers.")] = "cpu",
+) -> None:
+    """Serve a model with an OpenAI-compatible API (/v1/chat/completions) and a web chat page (/)."""
+    from r1v.serve.app import ServeSettings
+    from r1v.serve.server import run_server
+
+    settings = ServeSettings(max_batch_rows=max_batch, max_queue=max_queue,
+                             max_body_bytes=int(max_body_mb * 1024 * 1024), max_image_pixels=max_image_pixels,
+                             max_tokens_limit=max_tokens_limit, request_timeout_s=timeout,
+                             allow_file_dir=allow_file_dir, cors_origins=[o for o in (cors_origin or []) if o])
+    try:
+        run_server(model=model, host=host, port=port, api_key=api_key, engine=engine, settings=settings,
+                   device=device, tensor_parallel_size=tensor_parallel_size)
+    except R1VError as e:
+        _fail(e)
+
+
 @app.command(name="eval")
 def eval_(
     benchmark: Annotated[str, typer.Option(help="k12, math500, aime24, mathvista, mmmu, mathverse, mmk12.")],
