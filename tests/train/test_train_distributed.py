@@ -46,3 +46,41 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     wa, wb = load_file(str(tmp_path / "one" / "final.safetensors")), load_file(str(tmp_path / "two" / "final.safetensors"))
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+FSDP_SCRIPT = Path(__file__).parent / "fsdp_run.py"
+
+
+def test_fsdp2_checkpoint_exports_a_loadable_model_equal_to_one_process(tmp_path: Path) -> None:
+    """2 gloo processes with FSDP2 (DTensor parameters) train the tiny VLM 2 steps and checkpoint: the exported
+    folder is gathered, written once, loads with load_vlm and equals the 1-process run's."""
+    import warnings
+
+    from r1v.model.build import build_preset, load_vlm
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(FSDP_SCRIPT),
+                          str(tmp_path / "two"), "--micro", "2", "--shard"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
+    one = subprocess.run([sys.executable, str(FSDP_SCRIPT), str(tmp_path / "one"), "--micro", "4"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, (one.stdout + one.stderr)[-3000:]
+    info = {k: json.loads((tmp_path / k / "info.json").read_text()) for k in ("one", "two")}
+    assert info["two"]["sharded"] and info["two"]["world"] == 2 and not info["one"]["sharded"]
+    torch.testing.assert_close(info["one"]["loss"], info["two"]["loss"], rtol=1e-5, atol=1e-6)
+    ckpt = tmp_path / "two" / "checkpoints" / "step-00000002"
+    assert (ckpt / "optimizer-rank0.pt").exists() and (ckpt / "optimizer-rank1.pt").exists()
+    assert not list((tmp_path / "two" / "checkpoints").glob(".tmp-*"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = build_preset("tiny").model.state_dict()
+        a = load_vlm(tmp_path / "one" / "checkpoints" / "step-00000002" / "model").model.state_dict()
+        b = load_vlm(ckpt / "model").model.state_dict()
+    assert set(a) == set(b)
+    assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-4  # the runs really trained
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    trainable = load_file(str(ckpt / "trainable.safetensors"))
+    torch.testing.assert_close(trainable["lm_head.weight"], b["lm_head.weight"])

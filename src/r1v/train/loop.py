@@ -32,7 +32,7 @@ from r1v.errors import ConfigError
 from r1v.train.config import TrainConfig
 from r1v.train.metrics import MetricsLogger, Progress, plot_metrics
 from r1v.train.optim import build_optimizer, build_scheduler
-from r1v.train.state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from r1v.train.state import TrainState, is_sharded, latest_checkpoint, load_checkpoint, save_checkpoint
 
 IGNORE_INDEX = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "position_ids", "image_flags")
@@ -177,6 +177,8 @@ def train_step(accelerator: Any, model: nn.Module, optimizer: Any, scheduler: An
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
     grad_norm = accelerator.clip_grad_norm_(params, max_norm)
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor norm (FSDP2 parameters)
+        grad_norm = grad_norm.full_tensor()
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -240,7 +242,10 @@ def train(model: nn.Module, dataset: Sequence[Any], objective: Objective, cfg: T
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if is_sharded(model):  # sharded by the caller with FSDP2's fully_shard (e.g. on CPU): used as it is
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
 
     state = TrainState(data_seed=cfg.seed, extra=dict(extra or {}))
     resumed = latest_checkpoint(cfg.out_dir) if cfg.resume else None

@@ -111,11 +111,69 @@ def _barrier(accelerator: Any) -> None:
         accelerator.wait_for_everyone()
 
 
-def _optimizer_is_sharded(accelerator: Any) -> bool:
+def is_sharded(model: nn.Module) -> bool:
+    """Whether any parameter of `model` is a DTensor (FSDP2's `fully_shard`, under accelerate or directly)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _optimizer_is_sharded(accelerator: Any, model: nn.Module) -> bool:
+    if is_sharded(model):
+        return True
     if accelerator is None:
         return False
     return str(accelerator.distributed_type) in ("DistributedType.FSDP", "DistributedType.DEEPSPEED", "FSDP",
                                                  "DEEPSPEED")
+
+
+def full_state_dict(model: nn.Module, accelerator: Any = None) -> dict[str, torch.Tensor]:
+    """The whole model's state dict as plain tensors; every process must call it.
+
+    A sharded (DTensor) model is gathered with `get_model_state_dict(full_state_dict=True, cpu_offload=True)`,
+    which hands the full dict to rank 0 only (other ranks get an empty dict); otherwise accelerate's
+    `get_state_dict` (which also gathers DeepSpeed ZeRO-3 and FSDP1), or the plain `state_dict()`.
+    """
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return accelerator.get_state_dict(model) if accelerator is not None else model.state_dict()
+
+
+def unsharded_copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain (non-DTensor) module of `model`'s class holding the gathered `state`, for export.
+
+    Built from `model.config` on the meta device, then given `state`'s tensors; only transformers models
+    (anything with a `config`) can be rebuilt this way.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    config = getattr(model, "config", None)
+    if config is None:
+        raise R1VError(f"cannot export a sharded {type(model).__name__}: only models with a `config` "
+                       "(transformers models) can be rebuilt unsharded")
+    cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    with torch.device("meta"):
+        plain = cls(config)
+    missing, unexpected = plain.load_state_dict(state, strict=False, assign=True)
+    missing = [name for name in missing if name not in _tied(plain)]  # a tied copy may be left out
+    if unexpected or missing:
+        raise R1VError(f"gathered state does not fit {cls.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if hasattr(plain, "tie_weights"):
+        plain.tie_weights()
+    return plain.eval()
+
+
+def _tied(model: nn.Module) -> set[str]:
+    """Names of parameters that share storage with an earlier-named parameter (tied embeddings)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.add(name)
+        seen.setdefault(id(p), name)
+    return tied
 
 
 def save_checkpoint(out_dir: str | Path, state: TrainState, *, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -137,19 +195,20 @@ def save_checkpoint(out_dir: str | Path, state: TrainState, *, model: nn.Module,
 
     bare = accelerator.unwrap_model(model) if accelerator is not None else model
     names = set(trainable_names(bare))
-    full = accelerator.get_state_dict(model) if accelerator is not None else model.state_dict()
+    sharded = is_sharded(bare)
+    full = full_state_dict(model, accelerator)  # gathered on every process; rank 0 holds it
     if rank == 0:
         weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in full.items() if k in names}
         save_file(weights, str(tmp / "trainable.safetensors"))
-        if export_fn is not None:
-            export_fn(bare, tmp / "model")
+        if export_fn is not None:  # a sharded model is exported from an unsharded copy of the gathered state
+            export_fn(unsharded_copy(bare, full) if sharded else bare, tmp / "model")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         payload = {k: v for k, v in asdict(state).items() if k != "extra"}
         (tmp / "state.json").write_text(json.dumps(payload, indent=2) + "\n")
         torch.save(state.extra, tmp / "extra.pt")
         if config is not None:
             (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    if _optimizer_is_sharded(accelerator):
+    if _optimizer_is_sharded(accelerator, bare):
         torch.save(optimizer.state_dict(), tmp / f"optimizer-rank{rank}.pt")
     elif rank == 0:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -193,7 +252,13 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
                        f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was the policy changed?")
     with torch.no_grad():
         for name, value in weights.items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
+            param = params[name]
+            value = value.to(param.device, param.dtype)
+            if hasattr(param, "device_mesh"):  # a DTensor shard (FSDP2): keep this process's part of the full value
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value, param.device_mesh, param.placements)
+            param.copy_(value)
     if optimizer is not None:
         sharded = path / f"optimizer-rank{rank}.pt"
         source = sharded if sharded.exists() else path / "optimizer.pt"
