@@ -291,8 +291,8 @@ def sandbox_run(
         code = script.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         _fail(R1VError(f"{script}: cannot read script: {e}"))
-    limits = SandboxLimits(wall_seconds=timeout, cpu_seconds=max(1.0, timeout / 2), memory_mb=memory_mb)
     try:
+        limits = SandboxLimits(wall_seconds=timeout, cpu_seconds=max(1.0, timeout / 2), memory_mb=memory_mb)
         result = run_code(code, images=image or [], limits=limits, out_dir=out)
     except R1VError as e:
         _fail(e)

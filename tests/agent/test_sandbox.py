@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from r1v.agent.sandbox import SandboxLimits, SandboxResult, run_code, sandbox_layers
-from r1v.errors import ImageError
+from r1v.errors import ConfigError, ImageError
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox fence is Linux-only")
 
@@ -95,6 +95,13 @@ def test_syntax_error_and_exit_codes() -> None:
     assert run_code("def (:", limits=FAST).error.startswith("SyntaxError")
     assert run_code("import sys; sys.exit(3)", limits=FAST).error == "exit code 3"
     assert run_code("import sys; sys.exit(0)", limits=FAST).ok
+
+
+def test_bad_limits_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="memory_mb must be at least 128"):
+        SandboxLimits(memory_mb=16)
+    with pytest.raises(ConfigError, match="wall_seconds"):
+        SandboxLimits(wall_seconds=0)
 
 
 def test_missing_image_is_a_caller_error(tmp_path: Path) -> None:

@@ -237,15 +237,25 @@ def main() -> int:
     for name, setup in (("namespaces", _unshare),
                         ("landlock", lambda: _landlock(work, cfg["read_roots"], cfg["rw_files"])),
                         ("seccomp", _seccomp)):
-        problem = setup()
+        try:
+            problem = setup()
+        except (AttributeError, OSError) as e:  # not Linux, or an interface this kernel lacks
+            problem = f"unavailable: {e}"
         layers[name] = "on" if problem is None else problem
     sys.path.extend(p for p in cfg["sys_path"] if p not in sys.path)
 
-    import numpy as np  # noqa: F401 - preloaded for the code
-    from PIL import Image
+    try:
+        import numpy as np
+        from PIL import Image
 
-    Image.init()
-    images = [Image.open(os.path.join(work, name)) for name in cfg["image_names"]]
+        Image.init()
+        images = [Image.open(os.path.join(work, name)) for name in cfg["image_names"]]
+    except BaseException as e:  # noqa: BLE001 - e.g. a memory limit too small to import numpy
+        last = (str(e).strip().splitlines() or [""])[-1]
+        status.write(json.dumps({"error": f"sandbox setup failed: {type(e).__name__}: {last}",
+                                 "layers": layers}))
+        status.close()
+        return 1
     counter = [0]
 
     def save(img: object, name: str | None = None) -> str:

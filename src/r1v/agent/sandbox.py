@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import selectors
 import shutil
@@ -46,9 +47,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from r1v.errors import ImageError
+from r1v.errors import ConfigError, ImageError
 
+_log = logging.getLogger(__name__)
 _CHILD = Path(__file__).with_name("_sandbox_child.py")
+MIN_MEMORY_MB = 128  # numpy + PIL + OpenBLAS need about 100 MB of address space to start
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _SYSTEM_READ_ROOTS = ["/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/etc/ld.so.cache",
                       "/usr/share/zoneinfo", "/etc/localtime"]
@@ -65,6 +68,13 @@ class SandboxLimits:
     max_processes: int = 32
     max_output_bytes: int = 64_000
     max_output_files: int = 8
+
+    def __post_init__(self) -> None:
+        minimum = {"cpu_seconds": 0.1, "wall_seconds": 0.1, "memory_mb": MIN_MEMORY_MB, "file_size_mb": 1,
+                   "max_processes": 1, "max_output_bytes": 1, "max_output_files": 0}
+        for name, low in minimum.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"SandboxLimits.{name} must be at least {low}, got {getattr(self, name)}")
 
 
 @dataclass
@@ -252,11 +262,22 @@ def run_code(code: str, images: Sequence[Path] = (), limits: SandboxLimits = San
             error = f"exit code {proc.returncode}"
         outputs, out_error = _take_outputs(work / "outputs", out_dir, limits)
         error = error or out_error
+        _warn_missing_layers(status.get("layers", {}))
         return SandboxResult(ok=error is None, stdout=out.decode("utf-8", "replace"),
                              stderr=err.decode("utf-8", "replace"), error=error, outputs=outputs,
                              layers=status.get("layers", {}))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+_warned_layers: set[str] = set()
+
+
+def _warn_missing_layers(layers: dict[str, str]) -> None:
+    for name, state in layers.items():
+        if state != "on" and name not in _warned_layers:
+            _warned_layers.add(name)
+            _log.warning("sandbox layer %s is off on this machine (%s); the others still apply", name, state)
 
 
 def sandbox_layers() -> dict[str, str]:
