@@ -33,7 +33,8 @@ from r1v.recipes.common import (
     encode_rows,
     export_fn,
     grouped_training_set,
-    judge,
+    heldout_accuracy,
+    heldout_samples,
     print_table,
     read_stage_data,
     save_vlm,
@@ -95,11 +96,10 @@ def run(cfg: AlignConfig, console: Console | None = None) -> dict:
     encoded = encode_rows(processor, rows, max_seq_len=cfg.max_seq_len, bad=bad)
     dataset, loop_cfg, batch_stats = grouped_training_set(encoded, cfg.train, group_by_length=cfg.group_by_length)
 
-    eval_samples = [r.sample for r in read_stage_data(cfg.eval_data, image_root=cfg.image_root,
-                                                      limit=cfg.eval_limit, with_target=False)] if cfg.eval_data else []
+    eval_samples = heldout_samples(cfg.eval_data, image_root=cfg.image_root, limit=cfg.eval_limit)
 
     def accuracy(vlm) -> float | None:
-        return judge(vlm, eval_samples, max_new_tokens=cfg.eval_max_new_tokens).accuracy if eval_samples else None
+        return heldout_accuracy(vlm, eval_samples, max_new_tokens=cfg.eval_max_new_tokens)
 
     untrained = accuracy(substitute)
     console.print(f"align: training the connector ({params['trainable']:,} of {params['total']:,} parameters) "

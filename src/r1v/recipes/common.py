@@ -395,6 +395,19 @@ def judge(vlm: VLM, samples: Sequence[Sample], *, max_new_tokens: int = 256, bat
     return Judged(correct, answers)
 
 
+def heldout_samples(data: str | None, *, image_root: Path | None = None, limit: int | None = None) -> list[Sample]:
+    """Held-out prompts (gold answers, no assistant turn) for before/after accuracy; [] when `data` is None."""
+    if not data:
+        return []
+    return [r.sample for r in read_stage_data(data, image_root=image_root, limit=limit, with_target=False)]
+
+
+def heldout_accuracy(vlm: VLM, samples: Sequence[Sample], *, max_new_tokens: int, batch_size: int = 8
+                     ) -> float | None:
+    """Greedy accuracy of `vlm` on `samples` (None when there are none)."""
+    return judge(vlm, samples, max_new_tokens=max_new_tokens, batch_size=batch_size).accuracy if samples else None
+
+
 # ---------------------------------------------------------------------------------------------- plumbing
 
 def load_callable(spec: str) -> Callable[..., Any]:

@@ -43,6 +43,8 @@ from r1v.recipes.common import (
     collate_groups,
     encode_rows,
     grouped_training_set,
+    heldout_accuracy,
+    heldout_samples,
     judge,
     load_callable,
     print_table,
@@ -183,14 +185,11 @@ def run(cfg: IterativeSFTConfig, console: Console | None = None) -> dict:
     if not encoded:
         raise DataError(f"{cfg.data}: no usable samples ({len(bad.items)} skipped)")
     items = [e.row.sample for e in encoded]
-    eval_samples = [r.sample for r in read_stage_data(cfg.eval_data, image_root=cfg.image_root,
-                                                      limit=cfg.eval_limit, with_target=False)] if cfg.eval_data else []
+    eval_samples = heldout_samples(cfg.eval_data, image_root=cfg.image_root, limit=cfg.eval_limit)
 
     def heldout(model_vlm) -> float | None:
-        if not eval_samples:
-            return None
-        return judge(model_vlm, eval_samples, max_new_tokens=cfg.gen_max_new_tokens,
-                     batch_size=cfg.gen_batch_size).accuracy
+        return heldout_accuracy(model_vlm, eval_samples, max_new_tokens=cfg.gen_max_new_tokens,
+                                batch_size=cfg.gen_batch_size)
 
     history: list[dict] = [{"round": 0, "model": cfg.model, "heldout_accuracy": heldout(vlm)}]
     for t in range(1, cfg.rounds + 1):

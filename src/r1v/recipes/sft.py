@@ -31,7 +31,8 @@ from r1v.recipes.common import (
     encode_rows,
     export_fn,
     grouped_training_set,
-    judge,
+    heldout_accuracy,
+    heldout_samples,
     print_table,
     read_stage_data,
     save_vlm,
@@ -90,15 +91,13 @@ def run(cfg: SFTConfig, console: Console | None = None) -> dict:
                   f"micro-batches, padding {batch_stats['padding_share']:.1%}, trainable {params['trainable']:,} "
                   f"of {params['total']:,} parameters ({cfg.train.policy})")
 
-    eval_rows = read_stage_data(cfg.eval_data, image_root=cfg.image_root, limit=cfg.eval_limit,
-                                with_target=False) if cfg.eval_data else []
-    eval_samples = [r.sample for r in eval_rows]
-    before = judge(vlm, eval_samples, max_new_tokens=cfg.eval_max_new_tokens).accuracy if eval_samples else None
+    eval_samples = heldout_samples(cfg.eval_data, image_root=cfg.image_root, limit=cfg.eval_limit)
+    before = heldout_accuracy(vlm, eval_samples, max_new_tokens=cfg.eval_max_new_tokens)
 
     result = train(vlm.model, dataset, sft_objective(), loop_cfg, collate_fn=collate_groups(processor),
                    export_fn=export_fn(vlm))
     final = save_vlm(vlm, out / "final")
-    after = judge(vlm, eval_samples, max_new_tokens=cfg.eval_max_new_tokens).accuracy if eval_samples else None
+    after = heldout_accuracy(vlm, eval_samples, max_new_tokens=cfg.eval_max_new_tokens)
 
     summary = {
         "stage": "sft", "model": cfg.model, "final": str(final), "data": cfg.data,
