@@ -105,10 +105,10 @@ def answer_matches(pred: str | None, gold: str | None) -> bool:
 
 def rejection_reason(traj: AgentTrajectory) -> str | None:
     """Why an episode fails the R1V4 filters (None: keep it)."""
-    if traj.finish != "answer":
-        return "no_answer"
     if any(not s.ok for s in traj.steps):
         return "tool_error"
+    if traj.finish != "answer":
+        return "no_answer"
     crops = [s for s in traj.steps if s.name == "code" and _CROP.search(str((s.arguments or {}).get("code", "")))]
     calls = [repr(sorted((s.arguments or {}).items())) for s in traj.steps if s.name]
     if len(crops) > 1 or len(calls) != len(set(calls)):
