@@ -37,6 +37,27 @@ def test_sft_loss_is_token_mean_cross_entropy() -> None:
     assert count_label_tokens(batch) == int((batch["labels"][:, 1:] != -100).sum()) > 0
 
 
+def test_sft_loss_runs_the_lm_head_only_at_label_positions() -> None:
+    """The head sees exactly the label positions of each row (no prompt or padding rows), and loss and
+    gradients equal the plain full-logits cross-entropy."""
+    model, ref_model = tiny_model(), tiny_model()
+    batch = collate(tiny_dataset(4))
+    seen: list[tuple[int, ...]] = []
+    handle = model.lm_head.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
+    out = sft_loss(model, batch)
+    handle.remove()
+    n_labels = int((batch["labels"][:, 1:] != -100).sum())
+    assert seen == [(1, n_labels, 97)] and n_labels < batch["labels"][:, 1:].numel()
+    out.total.backward()
+    logits = ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+                          ignore_index=-100, reduction="sum")
+    ref.backward()
+    torch.testing.assert_close(out.total, ref, rtol=1e-5, atol=1e-5)
+    for (name, a), b in zip(model.named_parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("micro,accum", [(2, 2), (1, 4)])
 def test_grad_accumulation_matches_one_big_batch(tmp_path: Path, micro: int, accum: int) -> None:
     """Same global batch (4 samples of different lengths) -> same weights, whatever the split."""

@@ -79,27 +79,58 @@ def _accepts(model: nn.Module, name: str, or_kwargs: bool = False) -> bool:
     return or_kwargs and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def _output_head(model: nn.Module) -> nn.Module | None:
+    """The LM head (`get_output_embeddings()`) of `model`, looking through DDP/FSDP wrappers; None when absent."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    return head if isinstance(head, nn.Module) else None
+
+
 def sft_loss(model: nn.Module, batch: dict) -> LossOutput:
     """Summed token cross-entropy over labels != -100 (next-token: logits at t predict labels at t+1).
 
-    Only positions some row needs are sent through the LM head (`logits_to_keep`), so prompt and
-    padding tokens cost no logits; the CE runs in fp32. No KV cache is built (`use_cache=False`): a cache
-    filled during the forward would be appended to again when activation checkpointing (FSDP's wrapper)
-    recomputes a layer in the backward pass.
+    The LM head runs only at label positions: `logits_to_keep` narrows the sequence to the positions
+    some row needs, and a pre-forward hook on the head (`get_output_embeddings()`) keeps, of those, only
+    each row's own label positions ([B, K, D] -> [1, N, D]), so prompt and padding tokens cost no logits
+    and no softmax. The hook runs inside the model's own forward, so DDP/FSDP wrappers see a normal call.
+    The CE runs in fp32. No KV cache is built (`use_cache=False`): a cache filled during the forward would
+    be appended to again when activation checkpointing (FSDP's wrapper) recomputes a layer in the backward.
     """
     labels = batch["labels"]  # [B, T]
     target = labels[:, 1:]  # [B, T-1]
     keep = (target != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)  # [K] positions t predicting t+1
+    picked = target[:, keep]  # [B, K]
     inputs = model_inputs(batch)
     if _accepts(model, "use_cache", or_kwargs=True):
         inputs["use_cache"] = False
-    if _accepts(model, "logits_to_keep"):
-        logits = model(**inputs, logits_to_keep=keep).logits  # [B, K, V]
-    else:
+    if not _accepts(model, "logits_to_keep"):
         logits = model(**inputs).logits[:, :-1][:, keep]  # [B, K, V]
-    picked = target[:, keep]  # [B, K]
-    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), picked.reshape(-1),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
+        return LossOutput(total=F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), picked.reshape(-1),
+                                                ignore_index=IGNORE_INDEX, reduction="sum"))
+    head = _output_head(model)
+    rows = picked != IGNORE_INDEX  # [B, K] the exact label positions
+    narrowed: list[bool] = []
+
+    def only_labels(_module: nn.Module, args: tuple) -> tuple | None:
+        hidden = args[0]
+        if hidden.dim() != 3 or hidden.shape[:2] != rows.shape:
+            return None  # not the call this loss made (e.g. a head shared with another use): leave it alone
+        narrowed.append(True)
+        return (hidden[rows.to(hidden.device)].unsqueeze(0), *args[1:])  # [1, N, D]
+
+    handle = head.register_forward_pre_hook(only_labels) if head is not None else None
+    try:
+        logits = model(**inputs, logits_to_keep=keep).logits
+    finally:
+        if handle is not None:
+            handle.remove()
+    if narrowed:  # [1, N, V]: every position is a label
+        flat, gold = logits.reshape(-1, logits.shape[-1]), picked[rows].to(logits.device)
+    else:  # [B, K, V]
+        flat, gold = logits.reshape(-1, logits.shape[-1]), picked.reshape(-1)
+    total = F.cross_entropy(flat.float(), gold, ignore_index=IGNORE_INDEX, reduction="sum")
     return LossOutput(total=total)
 
 
