@@ -166,6 +166,31 @@ def read_stage_data(spec: str | Path, *, image_root: Path | None = None, bad: Ba
     return rows
 
 
+@dataclass
+class PromptStageConfig:
+    """The prompt settings every generating stage (distill, rejection-sample) shares; their configs extend it."""
+
+    data: str = "synthetic:12"
+    """A data file (.jsonl/.json/.parquet) of prompts with gold answers, or `synthetic:N`."""
+    image_root: str | None = None
+    limit: int | None = None
+    on_bad_sample: BadSamplePolicy = "error"
+    max_prompt_tokens: int = 2048
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("limit must be >= 1 (or null)")
+        if self.max_prompt_tokens < 1:
+            raise ConfigError("max_prompt_tokens must be >= 1")
+
+
+def read_prompts(cfg: PromptStageConfig, bad: BadSamples) -> list[Row]:
+    """The prompts of a generating stage: `cfg.data` read with its image root, limit and seed (no targets)."""
+    return read_stage_data(cfg.data, image_root=Path(cfg.image_root) if cfg.image_root else None, bad=bad,
+                           limit=cfg.limit, with_target=False, seed=cfg.seed)
+
+
 def prompt_tokens(sample: Sample, tokenizer: Any = None) -> int:
     """Text tokens of the prompt turns (images excluded); chars / 4 without a tokenizer."""
     text = "\n".join(m.content.replace("<image>", "") for m in sample.prompt_messages())

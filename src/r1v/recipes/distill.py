@@ -43,7 +43,7 @@ from r1v.config import to_dict
 from r1v.data.schema import Message, Sample
 from r1v.data.sources import atomic_write_text, write_jsonl
 from r1v.errors import ConfigError, DataError, ImageError
-from r1v.recipes.common import BadSamplePolicy, BadSamples, Row, check_prompts, read_stage_data
+from r1v.recipes.common import BadSamples, PromptStageConfig, check_prompts, read_prompts
 from r1v.rewards.extract import extract_answer, last_boxed
 from r1v.rewards.rules import accuracy_many, columns_of, gold_letter, is_multiple_choice
 from r1v.rollout.engine import Completion, SamplingParams, split_completion
@@ -124,28 +124,15 @@ class DRLCConfig:
 
 
 @dataclass
-class Config:
+class Config(PromptStageConfig):
     """One AL-CoTD round. `data`: a data file or `synthetic:N`; `model`: preset name or model folder."""
 
-    data: str = "synthetic:12"
     out: Path = Path("runs/distill")
     model: str = "tiny"
-    image_root: str | None = None
-    limit: int | None = None
-    on_bad_sample: BadSamplePolicy = "error"
-    max_prompt_tokens: int = 2048
-    seed: int = 0
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     scorers: ScorerConfig = field(default_factory=ScorerConfig)
     drlc: DRLCConfig = field(default_factory=DRLCConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-
-    def validate(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError("limit must be >= 1 (or null)")
-        if self.max_prompt_tokens < 1:
-            raise ConfigError("max_prompt_tokens must be >= 1")
-
 
 CONFIG = Config  # the stage registry's name for the config class
 
@@ -257,13 +244,6 @@ def run(cfg: Config, *, student: Any = None, teacher: Any = None, judge: Any = N
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def read_prompts(cfg: Any, bad: BadSamples) -> list[Row]:
-    """The prompts of a generating stage's config (`data`, `image_root`, `limit`, `seed`): the stage's data
-    file or `synthetic:N`, assistant turns dropped later by `prompt_only`."""
-    return read_stage_data(cfg.data, image_root=Path(cfg.image_root) if cfg.image_root else None, bad=bad,
-                           limit=cfg.limit, with_target=False, seed=cfg.seed)
 
 
 def build_engine(target: str) -> tuple[Any, Any]:

@@ -35,7 +35,7 @@ from r1v.config import to_dict
 from r1v.data.schema import Message
 from r1v.data.sources import atomic_write_text, write_jsonl
 from r1v.errors import ConfigError, DataError
-from r1v.recipes.common import BadSamplePolicy, BadSamples, check_prompts
+from r1v.recipes.common import BadSamples, PromptStageConfig, check_prompts, read_prompts
 from r1v.recipes.distill import (
     EndpointTeacher,
     GenerationConfig,
@@ -44,7 +44,6 @@ from r1v.recipes.distill import (
     build_engine,
     generate_chunked,
     prompt_only,
-    read_prompts,
     verified,
 )
 from r1v.rewards.rules import repeat_ratio
@@ -73,20 +72,14 @@ class FilterConfig:
 
 
 @dataclass
-class Config:
+class Config(PromptStageConfig):
     """Rejection sampling. The teacher section's kind/model/url/name/cache_dir choose the teacher; sampling
     settings come from `generation` (plus one `repetition_penalty` for all prompts)."""
 
-    data: str = "synthetic:12"
     out: Path = Path("runs/rejection_sample")
     samples_per_prompt: int = 4
     keep_per_prompt: int = 2
     repetition_penalty: float = 1.05
-    image_root: str | None = None
-    limit: int | None = None
-    on_bad_sample: BadSamplePolicy = "error"
-    max_prompt_tokens: int = 2048
-    seed: int = 0
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
@@ -96,8 +89,7 @@ class Config:
             raise ConfigError("samples_per_prompt and keep_per_prompt must be >= 1")
         if self.teacher.kind == "none":
             raise ConfigError("rejection sampling needs a teacher (teacher.kind: model or endpoint)")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError("limit must be >= 1 (or null)")
+        super().validate()
 
 
 CONFIG = Config  # the stage registry's name for the config class
