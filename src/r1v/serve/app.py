@@ -64,6 +64,7 @@ class ServeSettings:
     default_max_tokens: int = 1024
     max_tokens_limit: int = 8192
     request_timeout_s: float = 300.0
+    disconnect_poll_s: float = 0.5
     allow_file_dir: Path | None = None
     cors_origins: list[str] = field(default_factory=list)
 
@@ -211,7 +212,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": settings.model_name, "queued": len(batcher.queue),
-                "running": batcher.running}
+                "running": batcher.running, "batches_done": batcher.batches, "rows_done": batcher.rows_done}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -260,7 +261,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ApiError(504, f"request timed out after {settings.request_timeout_s:g} s", type="timeout")
-            await asyncio.wait({fut}, timeout=min(0.5, left))
+            await asyncio.wait({fut}, timeout=min(settings.disconnect_poll_s, left))
             if not fut.done() and await request.is_disconnected():
                 raise ApiError(499, "client disconnected")
         try:
