@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from r1v.data.schema import Sample
-from r1v.rollout.decode import KVCache, decode
+from r1v.rollout.decode import KVCache, decode, distinct_rows
 from r1v.rollout.engine import RepetitionPenalty, SamplingParams, ThinkBudget, TransformersEngine
 
 
@@ -141,3 +141,30 @@ def test_decode_stops_when_all_rows_finish(tiny) -> None:
     assert out.lengths[0] == 1
     assert out.tokens.shape[1] == int(out.lengths.max())  # loop ended once every row was done
     assert out.logprobs is not None and (out.logprobs[0, 1:] == 0).all()
+
+
+def test_distinct_rows_maps_each_row_to_its_first_copy() -> None:
+    ids = torch.tensor([[0, 5, 6], [1, 2, 3], [0, 5, 6], [0, 5, 6]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1]])  # row 3: same ids, other padding
+    first, inverse = distinct_rows(ids, mask)
+    assert sorted(first.tolist()) == [0, 1, 3]
+    assert first[inverse].tolist() == [0, 1, 0, 3]
+    assert distinct_rows(ids[:2], mask[:2]) is None
+
+
+def test_repeated_prompts_are_prefilled_once_with_the_same_result(tiny) -> None:
+    ids = torch.tensor([[0, 5, 6, 7], [9, 8, 7, 6], [0, 5, 6, 7], [9, 8, 7, 6], [0, 5, 6, 7]])
+    mask = (ids != 0).long()
+    seen: list[int] = []
+    hook = tiny.model.model.language_model.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        out = decode(tiny.model, ids, mask, max_new_tokens=6, stop_ids=[], pad_id=0, sample=False,
+                     return_logprobs=True)
+    finally:
+        hook.remove()
+    assert seen[0] == 2 and set(seen[1:]) == {5}  # prefill on the 2 distinct prompts, steps on all rows
+    alone = decode(tiny.model, ids[:2], mask[:2], max_new_tokens=6, stop_ids=[], pad_id=0, sample=False,
+                   return_logprobs=True)
+    assert torch.equal(out.tokens, alone.tokens[[0, 1, 0, 1, 0]])
+    torch.testing.assert_close(out.logprobs, alone.logprobs[[0, 1, 0, 1, 0]])

@@ -8,6 +8,8 @@ per-step cost fixed and small:
 - the 4D attention masks are built once (prefill: causal + left padding; decode: one padding row per sample)
   and passed to the model as a ready mask mapping, so transformers builds no mask per step;
 - positions are computed from the left padding (`cumsum - 1` for the prompt, `prompt_len + t` after);
+- identical prompt rows (GRPO's `n` samples of one prompt) are prefilled once and their cache rows copied
+  (text-only prompts; a batch with images is prefilled row by row as given);
 - only the last position goes through the LM head (logits [B, V], never [B, T, V]);
 - generated ids live in a pre-allocated [B, max_new_tokens] tensor, and the repetition penalty reads a
   [B, V] presence mask updated by one `scatter_` per step instead of gathering over the whole history.
@@ -27,7 +29,7 @@ import torch
 
 from r1v.errors import ModelError
 
-__all__ = ["DecodeOutput", "DecodeState", "KVCache", "decode", "model_parts"]
+__all__ = ["DecodeOutput", "DecodeState", "KVCache", "decode", "distinct_rows", "model_parts"]
 
 
 class KVCache:
@@ -53,6 +55,11 @@ class KVCache:
         k[:, :, self.length:end] = key_states
         v[:, :, self.length:end] = value_states
         return k[:, :, :end], v[:, :, :end]
+
+    def expand(self, index: torch.Tensor) -> None:
+        """Rows of the cache become `rows[index]` (after prefilling only the distinct prompts)."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
 
     def advance(self, n: int) -> None:
         self.length += n
@@ -113,6 +120,17 @@ def _cache_kwarg(lm: torch.nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def distinct_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(first row of each distinct prompt [U], row -> its distinct prompt [B]) or None when all rows differ."""
+    key = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)  # [B, 2P]
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if uniq.shape[0] == key.shape[0]:
+        return None
+    first = torch.full((uniq.shape[0],), key.shape[0], dtype=torch.long, device=key.device)
+    first.scatter_reduce_(0, inverse, torch.arange(key.shape[0], device=key.device), reduce="amin")
+    return first, inverse
+
+
 def _masks(attention_mask: torch.Tensor, total: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Additive masks: prefill [B, 1, P, P] (causal, no padded keys; every query sees at least itself so
     padded rows stay finite) and decode [B, 1, 1, total] (padded prompt keys masked, the rest open)."""
@@ -154,7 +172,10 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     total = p + max_new_tokens
     vocab = head.weight.shape[0]
 
-    cache = KVCache(layers, b, kv_heads, head_dim, total, dtype, device)
+    body = mm if (mm is not None and pixel_values is not None) else lm
+    groups = distinct_rows(input_ids, attention_mask) if body is lm else None
+    first = groups[0] if groups is not None else slice(None)  # the rows to prefill
+    cache = KVCache(layers, len(groups[0]) if groups is not None else b, kv_heads, head_dim, total, dtype, device)
     prefill_mask, step_mask = _masks(attention_mask, total, dtype)
     prompt_lens = attention_mask.long().sum(-1)
     positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
@@ -173,11 +194,13 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     was_training = model.training
     model.eval()
     try:
-        body = mm if (mm is not None and pixel_values is not None) else lm
         kwargs = {"pixel_values": pixel_values} if body is mm else {}
         kwargs[_cache_kwarg(body)] = cache
-        hidden = body(input_ids=input_ids, attention_mask={"full_attention": prefill_mask},
-                      position_ids=positions, use_cache=True, **kwargs).last_hidden_state
+        hidden = body(input_ids=input_ids[first], attention_mask={"full_attention": prefill_mask[first]},
+                      position_ids=positions[first], use_cache=True, **kwargs).last_hidden_state[:, -1:]
+        if groups is not None:  # copy each distinct prompt's cache and last hidden state to its rows
+            cache.expand(groups[1])
+            hidden = hidden.index_select(0, groups[1])
         cache.advance(p)
         step_masks = {"full_attention": step_mask[..., :p]}
         step_kwargs = {_cache_kwarg(lm): cache, "use_cache": True}
