@@ -4,7 +4,7 @@
    LM: TRL's SFTTrainer cannot take our InternVL model) in fp32 on the CPU, on the SAME pre-tokenised,
    variable-length SFT samples (a sum worked out step by step inside `<think>`, 64..512 tokens, loss on
    the assistant tokens only), with the same batch size, max length, learning rate and step count.
-   - ours: `r1v.train.train` + `sft_objective` (CE only at label positions via `logits_to_keep`) on the
+   - ours: `r1v.train.train` + `sft_objective` (LM head and CE only at each row's label positions) on the
      length-grouped micro-batches of `r1v.recipes.common.grouped_training_set` (the `sft` stage's batching).
    - TRL: `SFTTrainer` at its defaults (gradient checkpointing ON, no length grouping, fused LM head over
      label positions, entropy/accuracy metrics, logging every 10 steps) except what must match: batch size,

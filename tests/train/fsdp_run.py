@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 
-def run(out: Path, micro: int, shard: bool, steps: int = 2) -> None:
+def run(out: Path, micro: int, shard: bool, steps: int = 2, resume: bool = False, save_every: int = 0) -> None:
     from r1v.model.build import build_preset
     from r1v.processing.processor import Processor
     from r1v.recipes.common import apply_trainable, export_fn, synthetic_rows
@@ -35,7 +35,8 @@ def run(out: Path, micro: int, shard: bool, steps: int = 2) -> None:
     processor = Processor(vlm.tokenizer, vlm.spec)
     items = [processor.encode_for_training(r.sample) for r in synthetic_rows(16, seed=3)]
     cfg = TrainConfig(lr=1e-3, warmup_ratio=0.0, max_steps=steps, micro_batch_size=micro, device="cpu", out_dir=out,
-                      report_to=["jsonl"], progress=False, plots=False, seed=7, policy="full")
+                      report_to=["jsonl"], progress=False, plots=False, seed=7, policy="full",
+                      resume=resume, save_every=save_every)
     accelerator = setup_accelerator(cfg)
     if shard:
         from torch.distributed.device_mesh import init_device_mesh
@@ -60,8 +61,10 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=4)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--shard", action="store_true")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--save-every", type=int, default=0)
     args = ap.parse_args()
-    run(args.out, args.micro, args.shard, args.steps)
+    run(args.out, args.micro, args.shard, args.steps, args.resume, args.save_every)
 
 
 if __name__ == "__main__":

@@ -176,6 +176,27 @@ def _tied(model: nn.Module) -> set[str]:
     return tied
 
 
+def _local_optimizer_state(state: dict) -> dict:
+    """An optimiser state dict with every DTensor replaced by this process's local shard."""
+    return {**state, "state": {i: {k: v.to_local() if hasattr(v, "to_local") else v for k, v in s.items()}
+                               for i, s in state["state"].items()}}
+
+
+def _sharded_optimizer_state(state: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """The inverse of `_local_optimizer_state`: local shards wrapped as DTensors laid out like their parameters."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    out = {}
+    for i, s in state["state"].items():
+        p = params[int(i)]
+        out[i] = {k: DTensor.from_local(v, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                                        stride=p.stride())
+                  if isinstance(p, DTensor) and isinstance(v, torch.Tensor) and v.dim() > 0 else v
+                  for k, v in s.items()}
+    return {**state, "state": out}
+
+
 def save_checkpoint(out_dir: str | Path, state: TrainState, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, accelerator: Any = None,
                     export_fn: Callable[[nn.Module, Path], None] | None = None,
@@ -201,14 +222,17 @@ def save_checkpoint(out_dir: str | Path, state: TrainState, *, model: nn.Module,
         weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in full.items() if k in names}
         save_file(weights, str(tmp / "trainable.safetensors"))
         if export_fn is not None:  # a sharded model is exported from an unsharded copy of the gathered state
-            export_fn(unsharded_copy(bare, full) if sharded else bare, tmp / "model")
+            with torch.random.fork_rng(devices=[]):  # exporting must not move the RNG a resumed run restores
+                export_fn(unsharded_copy(bare, full) if sharded else bare, tmp / "model")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         payload = {k: v for k, v in asdict(state).items() if k != "extra"}
         (tmp / "state.json").write_text(json.dumps(payload, indent=2) + "\n")
         torch.save(state.extra, tmp / "extra.pt")
         if config is not None:
             (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    if _optimizer_is_sharded(accelerator, bare):
+    if sharded:  # this process's shards as plain tensors (a pickled DTensor drags its device mesh along)
+        torch.save(_local_optimizer_state(optimizer.state_dict()), tmp / f"optimizer-rank{rank}.pt")
+    elif _optimizer_is_sharded(accelerator, bare):
         torch.save(optimizer.state_dict(), tmp / f"optimizer-rank{rank}.pt")
     elif rank == 0:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -262,7 +286,10 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     if optimizer is not None:
         sharded = path / f"optimizer-rank{rank}.pt"
         source = sharded if sharded.exists() else path / "optimizer.pt"
-        optimizer.load_state_dict(torch.load(source, map_location="cpu", weights_only=False))
+        saved = torch.load(source, map_location="cpu", weights_only=False)
+        if is_sharded(bare):
+            saved = _sharded_optimizer_state(saved, optimizer)
+        optimizer.load_state_dict(saved)
     if scheduler is not None:
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng = path / "rng" / f"rank-{rank}.pt"
