@@ -168,3 +168,27 @@ def test_repeated_prompts_are_prefilled_once_with_the_same_result(tiny) -> None:
                    return_logprobs=True)
     assert torch.equal(out.tokens, alone.tokens[[0, 1, 0, 1, 0]])
     torch.testing.assert_close(out.logprobs, alone.logprobs[[0, 1, 0, 1, 0]])
+
+
+def test_finished_rows_leave_the_batch_without_changing_the_others(tiny, monkeypatch) -> None:
+    import r1v.rollout.decode as dec
+
+    ids = torch.tensor([[0, 5, 6, 7], [9, 8, 7, 6], [3, 4, 5, 6], [0, 0, 7, 2]])
+    mask = (ids != 0).long()
+    free = decode(tiny.model, ids, mask, max_new_tokens=8, stop_ids=[], pad_id=0, sample=False)
+    stop = int(free.tokens[1, 1])  # row 1 stops at step 2 at the latest; the others when they write it
+    monkeypatch.setattr(dec, "COMPACT_AT", 0.0)  # never compact: the reference run
+    full = decode(tiny.model, ids, mask, max_new_tokens=8, stop_ids=[stop], pad_id=0, sample=False,
+                  return_logprobs=True)
+    monkeypatch.setattr(dec, "COMPACT_AT", 0.99)  # compact as soon as one row finishes
+    seen: list[int] = []
+    hook = tiny.model.model.language_model.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        out = decode(tiny.model, ids, mask, max_new_tokens=8, stop_ids=[stop], pad_id=0, sample=False,
+                     return_logprobs=True)
+    finally:
+        hook.remove()
+    assert min(seen) < 4  # finished rows were dropped from the step forwards
+    assert torch.equal(out.tokens, full.tokens) and torch.equal(out.lengths, full.lengths)
+    torch.testing.assert_close(out.logprobs, full.logprobs)

@@ -10,6 +10,8 @@ per-step cost fixed and small:
 - positions are computed from the left padding (`cumsum - 1` for the prompt, `prompt_len + t` after);
 - identical prompt rows (GRPO's `n` samples of one prompt) are prefilled once and their cache rows copied
   (text-only prompts; a batch with images is prefilled row by row as given);
+- rows that have finished leave the batch: once at most `COMPACT_AT` of the cached rows are still going,
+  the cache keeps only those (sampling transforms still see full [B, V] scores; finished rows get zeros);
 - only the last position goes through the LM head (logits [B, V], never [B, T, V]);
 - generated ids live in a pre-allocated [B, max_new_tokens] tensor, and the repetition penalty reads a
   [B, V] presence mask updated by one `scatter_` per step instead of gathering over the whole history.
@@ -28,6 +30,9 @@ from dataclasses import dataclass
 import torch
 
 from r1v.errors import ModelError
+
+#: drop finished rows from the cache once at most this share of its rows is still generating
+COMPACT_AT = 0.75
 
 __all__ = ["DecodeOutput", "DecodeState", "KVCache", "decode", "distinct_rows", "model_parts"]
 
@@ -204,8 +209,11 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
         cache.advance(p)
         step_masks = {"full_attention": step_mask[..., :p]}
         step_kwargs = {_cache_kwarg(lm): cache, "use_cache": True}
+        rows: torch.Tensor | None = None  # cache row -> batch row once finished rows left the cache
         for t in range(max_new_tokens):
-            scores = head(hidden[:, -1]).float()  # [B, V]
+            scores = head(hidden[:, -1]).float()  # [A, V], A = rows still in the cache
+            if rows is not None:
+                scores = scores.new_zeros((b, scores.shape[1])).index_copy_(0, rows, scores)  # [B, V]
             if logprobs is not None:
                 lse = torch.logsumexp(scores, dim=-1)
                 raw = scores.clone()
@@ -235,10 +243,17 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
                 if bool(done.all()):
                     tokens, logprobs = tokens[:, :t + 1], (logprobs[:, :t + 1] if logprobs is not None else None)
                     break
+                live = ~done if rows is None else ~done[rows]  # [A]
+                if int(live.sum()) <= COMPACT_AT * live.numel():
+                    keep = live.nonzero().squeeze(1)
+                    cache.expand(keep)
+                    rows = keep if rows is None else rows[keep]
+                    step_mask, prompt_lens = step_mask[keep], prompt_lens[keep]
             if t + 1 == max_new_tokens:
                 break
             step_masks["full_attention"] = step_mask[..., :p + t + 1]
-            hidden = lm(input_ids=tokens[:, t:t + 1], attention_mask=step_masks,
+            current = tokens[:, t:t + 1] if rows is None else tokens[rows, t:t + 1]  # [A, 1]
+            hidden = lm(input_ids=current, attention_mask=step_masks,
                         position_ids=(prompt_lens + t)[:, None], **step_kwargs).last_hidden_state
             cache.advance(1)
     finally:
