@@ -142,11 +142,14 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--vlm", action="store_true", help="also time ours on the smol VLM (one image per prompt)")
     ap.add_argument("--trl-no-gc", action="store_true", help="also time TRL with gradient checkpointing off")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--ours-twice", action="store_true", help="time ours again after TRL (drifting load)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 0 warm-up, 1 step, 8 tokens, ours once")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.warmup, args.new_tokens = 1, 0, 8
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_before = os.getloadavg()[0]
 
