@@ -21,7 +21,7 @@ from rich.console import Console
 from r1v.config import to_dict
 from r1v.data.schema import Sample
 from r1v.data.sources import atomic_write_text
-from r1v.recipes.common import print_table, read_stage_data
+from r1v.recipes.common import read_stage_data
 
 TABLE_KEYS = ("accuracy", "think_tokens_mean", "hallucination_rate", "effective_ratio")
 
@@ -118,6 +118,23 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return headers, cells
 
 
+def _print_stage_table(console: Console, title: str, headers: list[str], cells: list[list[str]]) -> None:
+    """The stage table on the terminal, never squeezed into unreadable columns: figures do not wrap, and
+    the table is printed at its natural width even when the output is a pipe or a narrow terminal."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for i, h in enumerate(headers):
+        t.add_column(h, no_wrap=i > 0, justify="left" if i == 0 else "right")
+    for row in cells:
+        t.add_row(*row)
+    need = sum(max(len(h), *(len(r[i]) for r in cells)) + 3 for i, h in enumerate(headers)) + 1
+    if need > console.width:  # a wider console on the same stream (a pipe or log file gets the full table)
+        console = Console(file=console.file, width=need, force_terminal=console.is_terminal,
+                          color_system=console.color_system)
+    console.print(t)
+
+
 def plot_accuracy(rows: list[dict], path: Path) -> Path | None:
     import matplotlib
 
@@ -211,7 +228,7 @@ def write_report(cfg: Any, rows: list[dict], summaries: dict[str, dict], out: Pa
         "table{border-collapse:collapse}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><table><tr>{th}</tr>{trs}</table><h2>What helped</h2><ul>{lis}</ul>"
         f"{imgs}</body></html>\n"))
-    print_table(console, title, headers, cells)
+    _print_stage_table(console, title, headers, cells)
     for v in report["verdicts"]:
         console.print(f"  {v}")
     console.print(f"wrote {out / 'report.json'}, report.md, report.html and {len(written)} plots")
