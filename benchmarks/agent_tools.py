@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -73,11 +75,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--eval", type=int, default=40)
     ap.add_argument("--out", type=Path, default=Path("runs/bench/agent_tools"))
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--show", type=int, default=3, help="print this many completions of each setting")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     console = Console()
     timings = {}
-    train_cfg = TrainConfig(out_dir=args.out / "agent_sft", policy="connector+llm", lr=5e-4, weight_decay=0.0,
+    start, load_start = time.time(), os.getloadavg()
+    train_cfg = TrainConfig(out_dir=args.out / "agent_sft", policy="connector+llm", lr=args.lr, weight_decay=0.0,
                             warmup_ratio=0.05, schedule="cosine", micro_batch_size=4, grad_accum=2,
                             max_steps=args.steps, precision="fp32", seed=0, report_to=["jsonl"])
     held = generate_zoom_tasks(args.eval, split="heldout")
@@ -111,11 +116,21 @@ def main() -> None:
     summary = run_agent_sft(cfg, console)
     agent_vlm = with_max_tiles(load_vlm(summary["final"]), 1)
     acc_agent, trajs = agent_accuracy(agent_vlm, held, default_registry(),
-                                      max_turns=4, max_new_tokens=96, work_dir=args.out / "eval_episodes")
+                                      max_turns=4, max_new_tokens=256, work_dir=args.out / "eval_episodes")
     timings["agent_sft_s"] = round(time.time() - t0, 1)
 
     tool_calls = sum(len(t.steps) for t in trajs)
-    details = {"eval_items": len(held), "train_tasks": args.tasks, "steps": args.steps, "max_tiles": 1,
+    for name, texts in [("direct, base", base_texts), ("direct, SFT", direct_texts)]:
+        for s, t in list(zip(held, texts, strict=True))[:args.show]:
+            console.print(f"[bold]{name}[/] gold={s.answer}: {t!r}", markup=True, highlight=False)
+    for t in trajs[:args.show]:
+        console.print(f"[bold]agent[/] gold={t.sample.answer} final={t.final_answer!r} finish={t.finish}",
+                      highlight=False)
+        for m in t.turns:
+            console.print(f"  {m.role}: {m.content!r}", markup=False, highlight=False)
+    details = {"command": " ".join(sys.argv), "wall_s": round(time.time() - start, 1),
+               "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "lr": args.lr,
+               "eval_items": len(held), "train_tasks": args.tasks, "steps": args.steps, "max_tiles": 1,
                "direct_base_accuracy": acc_base, "direct_sft_accuracy": acc_direct_sft,
                "agent_sft_accuracy": acc_agent, "chance": 0.25,
                "agent_finish": {f: sum(t.finish == f for t in trajs) for f in ("answer", "turn_limit")},

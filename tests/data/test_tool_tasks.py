@@ -5,6 +5,7 @@ import pytest
 
 from r1v.data.tool_tasks import (
     CELL_NAMES,
+    cell_crop_code,
     crop_box,
     expert_turns,
     generate_zoom_tasks,
@@ -45,10 +46,29 @@ def test_shape_is_small_in_full_view_but_large_in_the_crop():
 def test_expert_turns_and_flaws():
     s = make_zoom_task(1)
     good = expert_turns(s)
-    assert len(good) == 2 and str(tuple(s.meta["box"])) in good[0] and good[1].endswith(f"<answer>{s.answer}</answer>")
+    assert len(good) == 2 and good[1].endswith(f"<answer>{s.answer}</answer>")
+    assert CELL_NAMES[s.meta["cell"][0]][s.meta["cell"][1]] in good[0]
     assert len(expert_turns(s, "recrop")) == 3
     assert "box)" in expert_turns(s, "bug")[0]
     with pytest.raises(DataError):
         expert_turns(s, "nope")
     with pytest.raises(DataError):
         make_zoom_task(0, split="test")
+
+
+@pytest.mark.parametrize("row,col", [(r, c) for r in range(3) for c in range(3)])
+def test_cell_crop_code_crops_crop_box(row, col):
+    boxes = []
+
+    class Img:
+        width = 896
+
+        def crop(self, box):
+            boxes.append(box)
+            return self
+
+        def resize(self, size):
+            return self
+
+    exec(cell_crop_code(row, col), {"image": Img(), "save": lambda im: None})
+    assert boxes == [crop_box(896, row, col)]

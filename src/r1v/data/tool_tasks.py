@@ -8,7 +8,7 @@ gold answer is that cell's shape. Seen whole at one 224 px tile, each shape is ~
 across.
 
 `expert_turns(sample)` is the scripted expert: turn 0 thinks and calls the `code` tool to crop and zoom
-the named cell, turn 1 reads the zoomed crop and answers. `flaw` makes deliberately bad experts for the
+the named cell (`cell_crop_code`: the program derives the box from the cell's name), turn 1 reads the zoomed crop and answers. `flaw` makes deliberately bad experts for the
 R1V4 trajectory filters: "wrong_cell" (crops the wrong cell and answers what is there), "bug" (code that
 raises in the sandbox), "recrop" (crops the wrong cell first, then the right one).
 
@@ -102,6 +102,17 @@ def crop_code(box: tuple[int, int, int, int] | list[int], zoom: int = ZOOM_TO) -
     return f"save(image.crop(({x0}, {y0}, {x1}, {y1})).resize(({zoom}, {zoom})))"
 
 
+def cell_crop_code(row: int, col: int, zoom: int = ZOOM_TO) -> str:
+    """The expert's program: the grid position follows from the cell's name (only the name varies between
+    tasks, so a model can copy it from the question), then `crop_box`'s central half of that cell, zoomed."""
+    return (f"name = '{CELL_NAMES[row][col]}'\n"
+            "r = 0 if 'top' in name else 2 if 'bottom' in name else 1\n"
+            "c = 0 if 'left' in name else 2 if 'right' in name else 1\n"
+            "s = image.width / 3\n"
+            "x, y = round(c * s + s / 4), round(r * s + s / 4)\n"
+            f"save(image.crop((x, y, x + round(s / 2), y + round(s / 2))).resize(({zoom}, {zoom})))")
+
+
 def _call(code: str) -> str:
     return "<tool_call>" + json.dumps({"name": "code", "arguments": {"code": code}}) + "</tool_call>"
 
@@ -116,7 +127,7 @@ def expert_turns(sample: Sample, flaw: str | None = None) -> list[str]:
     if flaw not in FLAWS:
         raise DataError(f"unknown expert flaw {flaw!r}; known: {FLAWS}", record=sample.id, field="flaw")
     scene, (row, col) = sample.meta["scene"], sample.meta["cell"]
-    size, name = scene["size"], CELL_NAMES[row][col]
+    name = CELL_NAMES[row][col]
     look = f"<think>\nThe shapes are too small to see. I crop the {name} part and zoom in.\n</think>\n"
     answer_kind = sample.answer
     turns = []
@@ -124,14 +135,14 @@ def expert_turns(sample: Sample, flaw: str | None = None) -> list[str]:
         return [look + _call("save(image.crop(box).resize((224, 224)))")]  # `box` is undefined: NameError
     if flaw in ("wrong_cell", "recrop"):
         wr, wc = _wrong_cell(sample)
-        turns.append(look + _call(crop_code(crop_box(size, wr, wc))))
+        turns.append(look + _call(cell_crop_code(wr, wc)))
         if flaw == "wrong_cell":
             answer_kind = scene["objects"][wr * 3 + wc]["kind"]
         else:
             turns.append(f"<think>\nThis may be the wrong part. I crop the {name} part again.\n</think>\n"
-                         + _call(crop_code(sample.meta["box"])))
+                         + _call(cell_crop_code(row, col)))
     else:
-        turns.append(look + _call(crop_code(sample.meta["box"])))
+        turns.append(look + _call(cell_crop_code(row, col)))
     turns.append(f"<think>\nThe zoomed image shows a {answer_kind}.\n</think>\n<answer>{answer_kind}</answer>")
     return turns
 

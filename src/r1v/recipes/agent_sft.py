@@ -72,7 +72,7 @@ class AgentSFTConfig:
     seed: int = 0
     eval_tasks: int = 0
     """Held-out zoom tasks for agent accuracy before/after training (0: no check)."""
-    eval_max_new_tokens: int = 96
+    eval_max_new_tokens: int = 256
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir=Path("runs/agent_sft")))
 
     def validate(self) -> None:
