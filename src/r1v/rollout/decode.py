@@ -111,7 +111,8 @@ def model_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modul
 
 def _check_supported(lm: torch.nn.Module) -> tuple[int, int, int]:
     cfg = lm.config
-    if getattr(lm, "has_sliding_layers", False) or any(t != "full_attention" for t in (cfg.layer_types or [])):
+    layer_types = getattr(cfg, "layer_types", None) or []  # e.g. LlamaConfig has no layer_types
+    if getattr(lm, "has_sliding_layers", False) or any(t != "full_attention" for t in layer_types):
         raise ModelError("decode: sliding-window attention layers are not supported; use backend='hf'")
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
