@@ -192,3 +192,36 @@ def test_finished_rows_leave_the_batch_without_changing_the_others(tiny, monkeyp
     assert min(seen) < 4  # finished rows were dropped from the step forwards
     assert torch.equal(out.tokens, full.tokens) and torch.equal(out.lengths, full.lengths)
     torch.testing.assert_close(out.logprobs, full.logprobs)
+
+
+def test_seen_ids_penalty_equals_the_presence_form() -> None:
+    torch.manual_seed(3)
+    scores = torch.randn(3, 20)
+    seen = torch.randint(0, 20, (3, 9))  # repeats on purpose
+    proc = RepetitionPenalty(torch.tensor([1.3, 1.0, 0.5]))
+    presence = torch.zeros(3, 20, dtype=torch.bool).scatter_(1, seen, True)
+    assert torch.equal(proc.apply_seen(seen, scores.clone()), proc.apply_presence(presence, scores.clone()))
+
+
+def test_inverse_cdf_sampling_follows_the_softmax() -> None:
+    from r1v.rollout.decode import sample_rows
+
+    torch.manual_seed(4)
+    logits = torch.log(torch.tensor([[0.5, 0.0, 0.3, 0.2], [0.0, 0.0, 0.0, 1.0]]))  # -inf entries
+    draws = torch.stack([sample_rows(logits.clone()) for _ in range(4000)])  # [N, 2]
+    freq = torch.bincount(draws[:, 0], minlength=4).float() / len(draws)
+    assert freq[1] == 0 and (draws[:, 1] == 3).all()
+    torch.testing.assert_close(freq, torch.tensor([0.5, 0.0, 0.3, 0.2]), atol=0.03, rtol=0)
+
+
+def test_sampling_with_the_penalty_uses_seen_ids_and_matches_presence(tiny) -> None:
+    ids = torch.tensor([[0, 5, 6, 7], [9, 8, 7, 6]])
+    mask = (ids != 0).long()
+    proc = RepetitionPenalty(torch.tensor([1.5, 2.0]))
+    outs = []
+    for kw, fn in [({"track_seen": True}, lambda st, s: proc.apply_seen(st.seen, s)),
+                   ({"track_presence": True}, lambda st, s: proc.apply_presence(st.presence, s))]:
+        torch.manual_seed(11)
+        outs.append(decode(tiny.model, ids, mask, max_new_tokens=8, stop_ids=[], pad_id=0, sample=True,
+                           transforms=[fn], **kw).tokens)
+    assert torch.equal(outs[0], outs[1])

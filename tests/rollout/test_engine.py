@@ -153,3 +153,26 @@ def test_image_placeholder_tokens_are_never_sampled(tiny, image) -> None:
         eng = TransformersEngine(tiny, backend=backend)
         groups = eng.generate(s, SamplingParams(max_new_tokens=16, temperature=1.5, top_p=1.0, n=6, seed=0))
         assert not any(t in engine.banned_ids for c in groups[0] for t in c.token_ids)
+
+
+def _top_p_by_full_sort(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    vals, order = torch.sort(probs, descending=True, dim=-1)
+    kept = (vals.cumsum(-1) - vals) <= top_p
+    return torch.zeros_like(kept).scatter_(1, order, kept)
+
+
+def test_top_p_on_candidates_equals_the_full_sort(monkeypatch) -> None:
+    import r1v.rollout.engine as eng
+
+    monkeypatch.setattr(eng, "TOP_P_CANDIDATES", (4, 32))  # small candidate sets: every branch runs
+    torch.manual_seed(7)
+    scale = torch.tensor([[0.1], [1.0], [4.0], [10.0], [0.5], [2.0]])  # flat ... peaked rows
+    probs = (torch.randn(6, 300) * scale).softmax(-1)
+    for top_p in (0.05, 0.5, 0.9, 0.95, 0.999):
+        got = eng.top_p_keep(probs, top_p)
+        assert torch.equal(got, _top_p_by_full_sort(probs, top_p)), top_p
+        assert (got.sum(-1) >= 1).all()
+    ties = torch.full((1, 300), 1 / 300)  # which tied tokens are kept is arbitrary; how many is not
+    assert int(eng.top_p_keep(ties, 0.5).sum()) == int(_top_p_by_full_sort(ties, 0.5).sum())
+    wide = eng.top_p_keep(probs[:1], 0.95)  # the flat row needs the full sort
+    assert int(wide.sum()) > 32

@@ -13,8 +13,12 @@ per-step cost fixed and small:
 - rows that have finished leave the batch: once at most `COMPACT_AT` of the cached rows are still going,
   the cache keeps only those (sampling transforms still see full [B, V] scores; finished rows get zeros);
 - only the last position goes through the LM head (logits [B, V], never [B, T, V]);
-- generated ids live in a pre-allocated [B, max_new_tokens] tensor, and the repetition penalty reads a
-  [B, V] presence mask updated by one `scatter_` per step instead of gathering over the whole history.
+- generated ids live in a pre-allocated [B, max_new_tokens] tensor; the repetition penalty reads a
+  pre-allocated [B, P + max_new_tokens] tensor of the ids seen so far (one column written per step) and
+  touches only those entries (a [B, V] presence mask is still available: `track_presence`);
+- sampling draws one uniform per row and inverts the CDF (`searchsorted` over the cumulative softmax)
+  instead of `torch.multinomial`, whose exponential noise over all [B, V] entries costs ~35 ms per step
+  at B=16, V=49k on one core (same distribution, another random stream).
 
 Sampling transforms are callables `fn(state, scores) -> scores` applied in the order given (the engine passes
 penalty -> temperature/top-k/top-p -> thinking budget). Works with an InternVL model (prefill with
@@ -34,7 +38,7 @@ from r1v.errors import ModelError
 #: drop finished rows from the cache once at most this share of its rows is still generating
 COMPACT_AT = 0.75
 
-__all__ = ["DecodeOutput", "DecodeState", "KVCache", "decode", "distinct_rows", "model_parts"]
+__all__ = ["DecodeOutput", "DecodeState", "KVCache", "decode", "distinct_rows", "model_parts", "sample_rows"]
 
 
 class KVCache:
@@ -76,12 +80,15 @@ class KVCache:
 @dataclass
 class DecodeState:
     """What sampling transforms may read: generated ids so far (`tokens[:, :step]`), the step index, the
-    [B, V] presence mask of prompt + generated tokens (None when no transform asked for it), finished rows."""
+    [B, V] presence mask of prompt + generated tokens (None unless `track_presence`), finished rows, and
+    `seen` [B, S] ids of the real prompt tokens + the generated ones (None unless `track_seen`; repeats
+    allowed, columns not yet generated repeat a prompt token, so a penalty applied per id is exact)."""
 
     tokens: torch.Tensor
     step: int
     presence: torch.Tensor | None
     done: torch.Tensor
+    seen: torch.Tensor | None = None
 
 
 @dataclass
@@ -126,6 +133,13 @@ def _cache_kwarg(lm: torch.nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _mask_arg(lm: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+    """A ready 4D mask as `lm` takes it: a {"full_attention": mask} mapping where the model reads one (those
+    with `config.layer_types`, e.g. Qwen2: no mask is built per step), else the tensor itself (e.g. Llama,
+    whose mask builder returns a 4D mask as it is but cannot read a mapping)."""
+    return {"full_attention": mask} if getattr(lm.config, "layer_types", None) else mask
+
+
 def distinct_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(first row of each distinct prompt [U], row -> its distinct prompt [B]) or None when all rows differ."""
     key = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)  # [B, 2P]
@@ -153,11 +167,21 @@ def _masks(attention_mask: torch.Tensor, total: int, dtype: torch.dtype) -> tupl
     return prefill, step
 
 
+def sample_rows(scores: torch.Tensor) -> torch.Tensor:
+    """One token per row drawn from softmax(scores) [B, V] by inverting the CDF with one uniform per row
+    (tokens at -inf have zero mass and are never drawn)."""
+    cdf = scores.softmax(-1).cumsum_(-1)
+    total = cdf[:, -1:]
+    u = torch.rand_like(total) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the total
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=scores.shape[1] - 1)
+
+
 @torch.no_grad()
 def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
            max_new_tokens: int, stop_ids: Sequence[int], pad_id: int,
            pixel_values: torch.Tensor | None = None, sample: bool = True,
-           transforms: Sequence[Transform] = (), track_presence: bool = False,
+           transforms: Sequence[Transform] = (), track_presence: bool = False, track_seen: bool = False,
            min_new_tokens: int = 0, return_logprobs: bool = False,
            on_token: Callable[[torch.Tensor], None] | None = None,
            stop_check: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None) -> DecodeOutput:
@@ -166,6 +190,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     - transforms: `fn(state, scores [B, V] float32) -> scores`, applied in order after `min_new_tokens`'
       suppression of the stop ids; then argmax (`sample=False`) or one multinomial draw from the softmax.
     - track_presence: keep `state.presence` ([B, V] bool, the real prompt tokens + generated ones).
+    - track_seen: keep `state.seen` ([B, P + max_new_tokens] ids, the same set as a list with repeats).
     - on_token(tokens [B]): called after each step with the tokens chosen (pad for finished rows).
     - stop_check(tokens, steps, active) -> [B] bool: extra stop rule (e.g. stop strings) run after each step.
     The loop ends when every row has produced a stop id / met `stop_check`, or after `max_new_tokens`.
@@ -195,20 +220,23 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     if track_presence:
         presence = torch.zeros((b, vocab), dtype=torch.bool, device=device)
         presence.scatter_(1, input_ids.clamp(0, vocab - 1), attention_mask.bool())
-    state = DecodeState(tokens, 0, presence, done)
+    seen = None
+    if track_seen:  # padded prompt slots and future slots hold the last prompt token (always real)
+        seen = input_ids[:, -1:].expand(b, total).clone()
+        seen[:, :p] = torch.where(attention_mask.bool(), input_ids, seen[:, :p])
+    state = DecodeState(tokens, 0, presence, done, seen)
 
     was_training = model.training
     model.eval()
     try:
         kwargs = {"pixel_values": pixel_values} if body is mm else {}
         kwargs[_cache_kwarg(body)] = cache
-        hidden = body(input_ids=input_ids[first], attention_mask={"full_attention": prefill_mask[first]},
+        hidden = body(input_ids=input_ids[first], attention_mask=_mask_arg(lm, prefill_mask[first]),
                       position_ids=positions[first], use_cache=True, **kwargs).last_hidden_state[:, -1:]
         if groups is not None:  # copy each distinct prompt's cache and last hidden state to its rows
             cache.expand(groups[1])
             hidden = hidden.index_select(0, groups[1])
         cache.advance(p)
-        step_masks = {"full_attention": step_mask[..., :p]}
         step_kwargs = {_cache_kwarg(lm): cache, "use_cache": True}
         rows: torch.Tensor | None = None  # cache row -> batch row once finished rows left the cache
         for t in range(max_new_tokens):
@@ -224,7 +252,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
             for fn in transforms:
                 scores = fn(state, scores)
             if sample:
-                nxt = torch.multinomial(scores.softmax(-1), 1).squeeze(1)
+                nxt = sample_rows(scores)
             else:
                 nxt = scores.argmax(-1)
             nxt = nxt.masked_fill_(done, pad_id)
@@ -233,6 +261,8 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
                 logprobs[:, t] = raw.gather(1, nxt[:, None]).squeeze(1) - lse
             if presence is not None:
                 presence.scatter_(1, nxt[:, None], True)
+            if seen is not None:
+                seen[:, p + t] = nxt
             if on_token is not None:
                 on_token(nxt)
             finished = torch.isin(nxt, stops) & ~done
@@ -252,9 +282,8 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
                     step_mask, prompt_lens = step_mask[keep], prompt_lens[keep]
             if t + 1 == max_new_tokens:
                 break
-            step_masks["full_attention"] = step_mask[..., :p + t + 1]
             current = tokens[:, t:t + 1] if rows is None else tokens[rows, t:t + 1]  # [A, 1]
-            hidden = lm(input_ids=current, attention_mask=step_masks,
+            hidden = lm(input_ids=current, attention_mask=_mask_arg(lm, step_mask[..., :p + t + 1]),
                         position_ids=(prompt_lens + t)[:, None], **step_kwargs).last_hidden_state
             cache.advance(1)
     finally:
