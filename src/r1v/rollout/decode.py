@@ -13,6 +13,9 @@ per-step cost fixed and small:
 - rows that have finished leave the batch: once at most `COMPACT_AT` of the cached rows are still going,
   the cache keeps only those (sampling transforms still see full [B, V] scores; finished rows get zeros);
 - only the last position goes through the LM head (logits [B, V], never [B, T, V]);
+- float32 on CPU: every `nn.Linear` of the body and the head multiplies with a weight pre-packed by MKL's
+  GEMM packing for the whole call (`packed_linears`; one pass over the weights, ~0.4 s for 135M
+  parameters, then the skinny [B, D] x [D, N] products of a decode step run ~1.2-2x faster);
 - generated ids live in a pre-allocated [B, max_new_tokens] tensor; the repetition penalty reads a
   pre-allocated [B, P + max_new_tokens] tensor of the ids seen so far (one column written per step) and
   touches only those entries (a [B, V] presence mask is still available: `track_presence`);
@@ -27,8 +30,10 @@ penalty -> temperature/top-k/top-p -> thinking budget). Works with an InternVL m
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -177,6 +182,38 @@ def sample_rows(scores: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=scores.shape[1] - 1)
 
 
+def can_pack(weight: torch.Tensor) -> bool:
+    """MKL weight packing applies: a float32 CPU weight in a torch build with MKL's packed GEMM."""
+    return (weight.dtype == torch.float32 and weight.device.type == "cpu" and torch._C.has_mkl
+            and hasattr(torch.ops.mkl, "_mkl_linear"))
+
+
+def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, packed: torch.Tensor, batch: int,
+                   x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkl._mkl_linear(x, packed, weight, bias, batch)
+
+
+@contextmanager
+def packed_linears(modules: Iterable[torch.nn.Module], batch: int) -> Iterator[int]:
+    """Inside the block, each float32 CPU `nn.Linear` under `modules` runs on an MKL-packed copy of its
+    weight (inference only: the copy does not follow later weight updates, and no gradient flows through
+    it). Yields how many layers were packed; the layers' own `forward` is back on exit."""
+    patched: list[torch.nn.Linear] = []
+    try:
+        for mod in modules:
+            for lin in mod.modules():
+                if type(lin) is torch.nn.Linear and can_pack(lin.weight) and "forward" not in vars(lin):
+                    w = lin.weight.detach()
+                    packed = torch.ops.mkl._mkl_reorder_linear_weight(w, batch)
+                    b = lin.bias.detach() if lin.bias is not None else None
+                    lin.forward = functools.partial(_packed_linear, w, b, packed, batch)
+                    patched.append(lin)
+        yield len(patched)
+    finally:
+        for lin in patched:
+            del lin.forward
+
+
 @torch.no_grad()
 def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
            max_new_tokens: int, stop_ids: Sequence[int], pad_id: int,
@@ -184,7 +221,8 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
            transforms: Sequence[Transform] = (), track_presence: bool = False, track_seen: bool = False,
            min_new_tokens: int = 0, return_logprobs: bool = False,
            on_token: Callable[[torch.Tensor], None] | None = None,
-           stop_check: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None) -> DecodeOutput:
+           stop_check: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
+           pack_weights: bool = True) -> DecodeOutput:
     """Generate up to `max_new_tokens` per row of a LEFT-padded prompt batch.
 
     - transforms: `fn(state, scores [B, V] float32) -> scores`, applied in order after `min_new_tokens`'
@@ -193,6 +231,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     - track_seen: keep `state.seen` ([B, P + max_new_tokens] ids, the same set as a list with repeats).
     - on_token(tokens [B]): called after each step with the tokens chosen (pad for finished rows).
     - stop_check(tokens, steps, active) -> [B] bool: extra stop rule (e.g. stop strings) run after each step.
+    - pack_weights: run the body's and head's float32 CPU linears on MKL-packed weights (`packed_linears`).
     The loop ends when every row has produced a stop id / met `stop_check`, or after `max_new_tokens`.
     """
     lm, head, mm = model_parts(model)
@@ -228,6 +267,8 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
 
     was_training = model.training
     model.eval()
+    packing = packed_linears([lm, head] if pack_weights else [], b)
+    packing.__enter__()
     try:
         kwargs = {"pixel_values": pixel_values} if body is mm else {}
         kwargs[_cache_kwarg(body)] = cache
@@ -287,6 +328,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
                         position_ids=(prompt_lens + t)[:, None], **step_kwargs).last_hidden_state
             cache.advance(1)
     finally:
+        packing.__exit__(None, None, None)
         model.train(was_training)
     if logprobs is not None:
         steps = torch.arange(logprobs.shape[1], device=device)
