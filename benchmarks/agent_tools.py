@@ -8,14 +8,21 @@ Measured side by side in one run, every image at one 224 px tile (`max_tiles=1`)
   (`<think>The ... part shows a star.</think><answer>star</answer>`), no tools;
 - agent (SFT): smol after `agent-sft` on filtered expert trajectories (crop+zoom with the sandboxed `code`
   tool, then answer), running the agent loop with the code tool.
-`ours` = agent (SFT) accuracy, `baseline` = the better of the two direct accuracies, ratio = ours/baseline.
+Both SFT runs get the same optimiser steps, batch, learning rate, loss (every turn weighted the same) and the
+same `--perception` shape-naming samples at zoom scale (`perception_samples`), so the only difference is the
+tool. `ours` = agent (SFT) accuracy, `baseline` = the better of the two direct accuracies, ratio = ours/baseline.
+Reported with n, chance (0.25), Wilson 95% intervals and a paired bootstrap interval of agent - direct; also
+each SFT model's accuracy naming the shape on held-out zoomed crops (does it read a shape it can see?).
+`--json PATH` also writes PATH with suffix .md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import re
 import sys
 import time
@@ -26,9 +33,15 @@ from rich.console import Console
 
 from r1v.agent.tools import default_registry
 from r1v.data.schema import Message
-from r1v.data.tool_tasks import CELL_NAMES, generate_zoom_tasks
+from r1v.data.tool_tasks import CELL_NAMES, crop_box, generate_zoom_tasks, perception_samples
 from r1v.model.build import load_vlm
-from r1v.recipes.agent_sft import AgentSFTConfig, agent_accuracy, answer_matches, with_max_tiles
+from r1v.recipes.agent_sft import (
+    AgentSFTConfig,
+    agent_accuracy,
+    answer_matches,
+    turn_mean_objective,
+    with_max_tiles,
+)
 from r1v.recipes.agent_sft import run as run_agent_sft
 from r1v.recipes.common import (
     BadSamples,
@@ -38,7 +51,7 @@ from r1v.recipes.common import (
     encode_rows,
     grouped_training_set,
 )
-from r1v.train import TrainConfig, sft_objective, train
+from r1v.train import TrainConfig, train
 
 SHAPE_WORD = re.compile(r"\b(circle|square|triangle|star)s?\b", re.IGNORECASE)
 
@@ -46,6 +59,44 @@ SHAPE_WORD = re.compile(r"\b(circle|square|triangle|star)s?\b", re.IGNORECASE)
 def first_shape(text: str) -> str | None:
     m = SHAPE_WORD.search(text or "")
     return m.group(1).lower() if m else None
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score 95% interval of a binomial proportion k/n."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (round((centre - half) / (1 + z * z / n), 3), round((centre + half) / (1 + z * z / n), 3))
+
+
+def paired_bootstrap(a: list[bool], b: list[bool], reps: int = 5000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of mean(a) - mean(b) over items resampled together."""
+    rng, n = random.Random(seed), len(a)
+    diffs = sorted(sum(a[i] - b[i] for i in idx) / n for idx in ([rng.randrange(n) for _ in range(n)]
+                                                                  for _ in range(reps)))
+    return (round(diffs[int(0.025 * reps)], 3), round(diffs[int(0.975 * reps) - 1], 3))
+
+
+def held_crops(samples) -> list:
+    """Each held-out task's named cell, zoomed as the expert does, asked as a perception question."""
+    from r1v.data.schema import Sample
+    from r1v.data.tool_tasks import LOOK_QUESTION
+
+    out = []
+    for s in samples:
+        row, col = s.meta["cell"]
+        image = s.images[0].crop(crop_box(s.meta["scene"]["size"], row, col)).resize((224, 224))
+        out.append(Sample.from_question(f"{s.id}-crop", LOOK_QUESTION, images=[image], answer=s.answer))
+    return out
+
+
+def direct_correct(vlm, samples, *, think: bool, max_new_tokens: int) -> tuple[list[bool], list[str]]:
+    acc, texts = direct_accuracy(vlm, samples, think=think, max_new_tokens=max_new_tokens)
+    from r1v.agent.protocol import extract_answer
+
+    return [answer_matches(extract_answer(t) or first_shape(t), s.answer) for t, s in zip(texts, samples,
+                                                                                        strict=True)], texts
 
 
 def direct_accuracy(vlm, samples, *, think: bool, max_new_tokens: int) -> tuple[float, list[str]]:
@@ -74,8 +125,9 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=160)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--eval", type=int, default=40)
+    ap.add_argument("--perception", type=int, default=64, help="shape-naming samples mixed into both SFT runs")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/agent_tools"))
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--show", type=int, default=3, help="print this many completions of each setting")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -86,17 +138,19 @@ def main() -> None:
                             warmup_ratio=0.05, schedule="cosine", micro_batch_size=4, grad_accum=2,
                             max_steps=args.steps, precision="fp32", seed=0, report_to=["jsonl"])
     held = generate_zoom_tasks(args.eval, split="heldout")
+    crops = held_crops(held)
+    looks = perception_samples(args.perception)
 
     t0 = time.time()
     base = with_max_tiles(load_vlm("smol"), 1)
-    acc_base, base_texts = direct_accuracy(base, held, think=False, max_new_tokens=16)
+    base_ok, base_texts = direct_correct(base, held, think=False, max_new_tokens=16)
     timings["direct_base_s"] = round(time.time() - t0, 1)
     del base
 
     t0 = time.time()
     tasks = generate_zoom_tasks(args.tasks, split="train")
     rows = [Row(replace(s, messages=[*s.messages, Message("assistant", direct_target(s))]), "zoom", i)
-            for i, s in enumerate(tasks)]
+            for i, s in enumerate(tasks)] + [Row(s, "perception", s.id) for s in looks]
     vlm, _ = build_trainable("smol", train_cfg.policy)
     vlm = with_max_tiles(vlm, 1)
     from r1v.processing.processor import Processor
@@ -104,22 +158,24 @@ def main() -> None:
     proc = Processor(vlm.tokenizer, vlm.spec)
     encoded = encode_rows(proc, rows, max_seq_len=4096, bad=BadSamples())
     dataset, loop_cfg, _ = grouped_training_set(encoded, replace(train_cfg, out_dir=args.out / "direct_sft"))
-    train(vlm.model, dataset, sft_objective(), loop_cfg, collate_fn=collate_groups(proc))
-    acc_direct_sft, direct_texts = direct_accuracy(vlm, held, think=True, max_new_tokens=40)
+    train(vlm.model, dataset, turn_mean_objective(), loop_cfg, collate_fn=collate_groups(proc))
+    direct_ok, direct_texts = direct_correct(vlm, held, think=True, max_new_tokens=40)
+    direct_look = direct_correct(vlm, crops, think=True, max_new_tokens=40)[0]
     timings["direct_sft_s"] = round(time.time() - t0, 1)
     del vlm
 
     t0 = time.time()
     # same number of optimiser steps; the agent run sees half as many tasks (two model turns per episode)
     cfg = AgentSFTConfig(model="smol", tasks=args.tasks // 2, rollouts_per_task=2, flaw_rate=0.25, max_tiles=1,
-                         max_turns=4, eval_tasks=0, train=train_cfg)
+                         max_turns=4, eval_tasks=0, perception=args.perception, turn_mean_loss=True, train=train_cfg)
     summary = run_agent_sft(cfg, console)
     agent_vlm = with_max_tiles(load_vlm(summary["final"]), 1)
-    acc_agent, trajs = agent_accuracy(agent_vlm, held, default_registry(),
-                                      max_turns=4, max_new_tokens=256, work_dir=args.out / "eval_episodes")
+    _, trajs = agent_accuracy(agent_vlm, held, default_registry(),
+                              max_turns=4, max_new_tokens=256, work_dir=args.out / "eval_episodes")
+    agent_ok = [answer_matches(t.final_answer, t.sample.answer) for t in trajs]
+    agent_look = direct_correct(agent_vlm, crops, think=True, max_new_tokens=40)[0]
     timings["agent_sft_s"] = round(time.time() - t0, 1)
 
-    tool_calls = sum(len(t.steps) for t in trajs)
     for name, texts in [("direct, base", base_texts), ("direct, SFT", direct_texts)]:
         for s, t in list(zip(held, texts, strict=True))[:args.show]:
             console.print(f"[bold]{name}[/] gold={s.answer}: {t!r}", markup=True, highlight=False)
@@ -128,26 +184,53 @@ def main() -> None:
                       highlight=False)
         for m in t.turns:
             console.print(f"  {m.role}: {m.content!r}", markup=False, highlight=False)
-    details = {"command": " ".join(sys.argv), "wall_s": round(time.time() - start, 1),
+    n = len(held)
+    settings = {"direct, base smol": base_ok, "direct, SFT smol (no tools)": direct_ok,
+                "agent + code tool, agent-SFT": agent_ok}
+    acc = {k: sum(v) / n for k, v in settings.items()}
+    rows_out = {k: {"correct": sum(v), "n": n, "accuracy": acc[k], "wilson95": wilson(sum(v), n)}
+                for k, v in settings.items()}
+    best_direct = max(("direct, base smol", "direct, SFT smol (no tools)"), key=lambda k: acc[k])
+    details = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]), "wall_s": round(time.time() - start, 1),
                "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "lr": args.lr,
-               "eval_items": len(held), "train_tasks": args.tasks, "steps": args.steps, "max_tiles": 1,
-               "direct_base_accuracy": acc_base, "direct_sft_accuracy": acc_direct_sft,
-               "agent_sft_accuracy": acc_agent, "chance": 0.25,
+               "eval_items": n, "train_tasks": args.tasks, "steps": args.steps, "perception": args.perception,
+               "max_tiles": 1, "chance": 0.25, "settings": rows_out,
+               "agent_minus_best_direct": round(acc["agent + code tool, agent-SFT"] - acc[best_direct], 3),
+               "agent_minus_best_direct_bootstrap95": paired_bootstrap(agent_ok, settings[best_direct]),
+               "crop_naming_accuracy": {"direct SFT": sum(direct_look) / n, "agent SFT": sum(agent_look) / n},
                "agent_finish": {f: sum(t.finish == f for t in trajs) for f in ("answer", "turn_limit")},
-               "agent_tool_calls": tool_calls, "agent_tool_errors": sum(not s.ok for t in trajs for s in t.steps),
+               "agent_tool_calls": sum(len(t.steps) for t in trajs),
+               "agent_tool_errors": sum(not s.ok for t in trajs for s in t.steps),
+               "agent_predictions": {k: sum(t.final_answer == k for t in trajs)
+                                     for k in ("circle", "square", "triangle", "star")},
                "agent_trajectories": summary["trajectories"], "timings_s": timings,
                "example_base": base_texts[0], "example_direct_sft": direct_texts[0],
                "example_agent": [m.content for m in trajs[0].turns]}
-    baseline = max(acc_base, acc_direct_sft)
-    result = {"name": "agent_tools", "unit": "held-out zoom accuracy", "ours": acc_agent, "baseline": baseline,
-              "ratio": acc_agent / baseline if baseline else float("inf"), "details": details}
-    console.print(f"{'setting':<28}{'accuracy':>10}")
-    for name, acc in [("direct, base smol", acc_base), ("direct, SFT smol (no tools)", acc_direct_sft),
-                      ("agent + code tool, agent-SFT", acc_agent)]:
-        console.print(f"{name:<28}{acc:>10.3f}")
+    baseline = acc[best_direct]
+    ours = acc["agent + code tool, agent-SFT"]
+    result = {"name": "agent_tools", "unit": "held-out zoom accuracy", "ours": ours, "baseline": baseline,
+              "ratio": ours / baseline if baseline else float("inf"), "details": details}
+    lines = ["| setting | correct / n | accuracy | Wilson 95% |", "|---|---|---|---|"]
+    for k, r in rows_out.items():
+        lines.append(f"| {k} | {r['correct']} / {n} | {r['accuracy']:.3f} | {r['wilson95'][0]:.3f}-{r['wilson95'][1]:.3f} |")
+    console.print(f"{'setting':<30}{'correct/n':>10}{'accuracy':>10}  Wilson 95%")
+    for k, r in rows_out.items():
+        console.print(f"{k:<30}{r['correct']:>5}/{n:<4}{r['accuracy']:>10.3f}  {r['wilson95']}")
+    console.print(f"agent - best direct ({best_direct}): {details['agent_minus_best_direct']:+.3f}, paired bootstrap "
+                  f"95% {details['agent_minus_best_direct_bootstrap95']}; chance 0.25; crop naming "
+                  f"{details['crop_naming_accuracy']}; wall {details['wall_s']} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        md = ["# agent_tools: does the zoom tool help? (held-out zoom task)", "", *lines, "",
+              f"- agent - best direct ({best_direct}): {details['agent_minus_best_direct']:+.3f}, paired bootstrap 95% "
+              f"{details['agent_minus_best_direct_bootstrap95']}; chance 0.25",
+              f"- crop naming accuracy (held-out zoomed crops): {details['crop_naming_accuracy']}",
+              f"- agent predictions: {details['agent_predictions']}; finish {details['agent_finish']}",
+              f"- command: `{details['command']}`",
+              f"- wall {details['wall_s']} s; loadavg start {load_start}, end {details['loadavg_end']}",
+              f"- train tasks {args.tasks}, steps {args.steps} (batch 8), perception {args.perception}, lr {args.lr}"]
+        args.json.with_suffix(".md").write_text("\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

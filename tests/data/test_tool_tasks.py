@@ -10,6 +10,7 @@ from r1v.data.tool_tasks import (
     expert_turns,
     generate_zoom_tasks,
     make_zoom_task,
+    perception_samples,
     render_zoom,
 )
 from r1v.errors import DataError
@@ -72,3 +73,18 @@ def test_cell_crop_code_crops_crop_box(row, col):
 
     exec(cell_crop_code(row, col), {"image": Img(), "save": lambda im: None})
     assert boxes == [crop_box(896, row, col)]
+
+
+def test_perception_samples_name_the_zoomed_cells_shape():
+    looks = perception_samples(6, size=448)
+    assert [x.id for x in looks] == [x.id for x in perception_samples(6, size=448)]  # deterministic
+    for look in looks:
+        task = make_zoom_task(int(look.id.rsplit("-", 1)[1]), size=448)
+        row, col = look.meta["cell"]
+        assert look.answer == task.meta["scene"]["objects"][row * 3 + col]["kind"]
+        expected = task.images[0].crop(crop_box(448, row, col)).resize((224, 224))
+        assert np.array_equal(np.asarray(look.images[0]), np.asarray(expected))
+        assert look.messages[-1].role == "assistant" and look.messages[-1].content.endswith(f"<answer>{look.answer}</answer>")
+    assert len({x.meta["cell"][0] * 3 + x.meta["cell"][1] for x in perception_samples(20, size=448)}) > 3
+    with pytest.raises(DataError):
+        perception_samples(-1)

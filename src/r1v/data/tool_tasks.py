@@ -12,6 +12,11 @@ the named cell (`cell_crop_code`: the program derives the box from the cell's na
 R1V4 trajectory filters: "wrong_cell" (crops the wrong cell and answers what is there), "bug" (code that
 raises in the sandbox), "recrop" (crops the wrong cell first, then the right one).
 
+`perception_samples(n)` are single-image shape-naming samples at zoom scale (the central half of one cell of
+a fresh train-split scene, zoomed to 224 px, asked "What shape is in the image?"): the perception data mixed
+into SFT next to the trajectories (both the agent's and, in the benchmark, the direct baseline's), so that
+naming a shape the model can see is not learned from the agent's answer turns alone.
+
 Determinism: sample i of split s with seed b draws from its own RNG seeded by sha256("tool:b:s:i"); train
 and held-out streams never share a per-sample seed. `meta["scene"]` redraws the image (`render_zoom`).
 """
@@ -26,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from r1v.data.schema import Sample
+from r1v.data.schema import Message, Sample
 from r1v.data.synthetic import COLOURS, SHAPES, SPLITS, _draw_shape
 from r1v.errors import DataError
 
@@ -92,6 +97,28 @@ def render_zoom(scene: dict[str, Any]) -> Image.Image:
     for obj in scene["objects"]:
         _draw_shape(draw, obj["kind"], obj["x"], obj["y"], obj["size"], COLOURS[obj["colour"]])
     return img
+
+
+LOOK_QUESTION = "What shape is in the image? Answer with one word: circle, square, triangle or star."
+
+
+def perception_samples(n: int, *, seed: int = 0, size: int = DEFAULT_SIZE) -> list[Sample]:
+    """n shape-naming samples at zoom scale, with their target turn (see the module docstring)."""
+    if n < 0:
+        raise DataError(f"n must be >= 0, got {n}", field="n")
+    out = []
+    for i in range(n):
+        task = make_zoom_task(i, seed=seed, split="train", size=size)
+        rng = _rng(seed, "look", i)
+        row, col = rng.randrange(3), rng.randrange(3)
+        kind = task.meta["scene"]["objects"][row * 3 + col]["kind"]
+        image = task.images[0].crop(crop_box(size, row, col)).resize((ZOOM_TO, ZOOM_TO))
+        sample = Sample.from_question(f"look-s{seed}-{i}", LOOK_QUESTION, images=[image], answer=kind,
+                                      task="tool_look", cell=[row, col])
+        target = f"<think>\nThe image shows a {kind}.\n</think>\n<answer>{kind}</answer>"
+        out.append(Sample(sample.id, [*sample.messages, Message("assistant", target)], sample.images, kind,
+                          sample.meta))
+    return out
 
 
 # ------------------------------------------------------------------------------------------- experts

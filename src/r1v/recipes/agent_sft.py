@@ -12,6 +12,10 @@
 3. SFT: each kept episode gives one sample per assistant turn (`AgentTrajectory.training_samples`);
    observations are user turns, so their tokens (text and images) have label -100 and only model turns
    are learned. Loss, batching and the loop are those of `r1v train sft`.
+   `perception` extra single-image shape-naming samples at zoom scale (`r1v.data.tool_tasks.perception_samples`)
+   are mixed in, as R1V4 mixes perception data with its trajectories. With `turn_mean_loss` (default) every
+   turn weighs the same in the loss (`turn_mean_loss`), so a ~180-token tool call does not drown the
+   ~20-token answer turn that reads the observation.
 4. Optional held-out check (`eval_tasks`): agent-loop accuracy with the code tool before and after.
 
 `max_tiles` caps the tiles per image (1: the model sees every image as one 224 px tile, so the zoom tool is
@@ -34,7 +38,7 @@ from r1v.agent.loop import AgentTrajectory, ScriptedPolicy, default_params, run_
 from r1v.agent.tools import ToolRegistry, default_registry
 from r1v.config import to_dict
 from r1v.data.schema import Sample
-from r1v.data.tool_tasks import FLAWS, expert_script, generate_zoom_tasks
+from r1v.data.tool_tasks import FLAWS, expert_script, generate_zoom_tasks, perception_samples
 from r1v.errors import ConfigError
 from r1v.recipes.common import (
     BadSamples,
@@ -49,6 +53,7 @@ from r1v.recipes.common import (
     write_summary,
 )
 from r1v.train import TrainConfig, sft_objective, train
+from r1v.train.loop import IGNORE_INDEX, LossOutput, Objective, model_inputs
 
 _CROP = re.compile(r"\.crop\s*\(")
 
@@ -68,6 +73,10 @@ class AgentSFTConfig:
     max_tiles: int | None = 1
     """Cap on tiles per image (None: the model's own setting)."""
     max_turns: int = 4
+    perception: int = 0
+    """Single-image shape-naming samples at zoom scale mixed into the SFT data (0: trajectories only)."""
+    turn_mean_loss: bool = True
+    """Weigh every assistant turn the same in the loss (False: token-level mean, as `r1v train sft`)."""
     max_seq_len: int = 4096
     seed: int = 0
     eval_tasks: int = 0
@@ -82,6 +91,8 @@ class AgentSFTConfig:
             raise ConfigError(f"flaw_rate: must be in [0, 1], got {self.flaw_rate}")
         if self.max_tiles is not None and self.max_tiles < 1:
             raise ConfigError("max_tiles: must be >= 1 or null")
+        if self.perception < 0:
+            raise ConfigError(f"perception: must be >= 0, got {self.perception}")
         if self.max_turns < 1 or self.max_seq_len < 8 or self.eval_tasks < 0 or self.eval_max_new_tokens < 1:
             raise ConfigError("max_turns, max_seq_len, eval_tasks, eval_max_new_tokens: out of range")
         self.train.validate()
@@ -147,6 +158,41 @@ def expert_trajectories(tasks: Sequence[Sample], registry: ToolRegistry, *, roll
                         work_dir=work_dir)
 
 
+# ---------------------------------------------------------------------------------------------- loss
+
+
+def turn_mean_loss(model: Any, batch: dict) -> LossOutput:
+    """Sum over rows of each row's MEAN token cross-entropy (a row is one assistant turn).
+
+    Token-level SFT weights a turn by its length: a tool call of ~180 tokens (mostly copied code) outweighs
+    the ~20-token answer turn after the observation ~9:1, and the one token that needs the zoomed image
+    (the shape word) gets ~1% of the gradient. Averaging per turn gives every turn the same weight.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    target = batch["labels"][:, 1:]  # [B, T-1]: logits at t predict labels at t+1
+    keep = (target != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)  # [K]
+    picked = target[:, keep]  # [B, K]
+    inputs = {**model_inputs(batch), "use_cache": False}
+    logits = model(**inputs, logits_to_keep=keep).logits  # [B, K, V]
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), picked.reshape(-1).to(logits.device),
+                         ignore_index=IGNORE_INDEX, reduction="none").reshape(picked.shape)
+    mask = (picked != IGNORE_INDEX).to(ce.device)
+    per_turn = (ce * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return LossOutput(total=torch.where(mask.any(1), per_turn, torch.zeros_like(per_turn)).sum())
+
+
+def count_turns(batch: dict) -> int:
+    """Rows with at least one label token (the units of `turn_mean_loss`)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).any(dim=1).sum())
+
+
+def turn_mean_objective() -> Objective:
+    """SFT with every assistant turn weighted equally (`turn_mean_loss`), logged as `sft`."""
+    return Objective(loss=turn_mean_loss, units=count_turns, name="sft")
+
+
 # --------------------------------------------------------------------------------------------- eval
 
 
@@ -192,8 +238,10 @@ def run(cfg: AgentSFTConfig, console: Console | None = None) -> dict:
                                 seed=cfg.seed, work_dir=out / "trajectories", max_turns=cfg.max_turns)
     kept, rejected = filter_trajectories(trajs)
     rows = [Row(s, "agent-trajectories", t.sample.id) for t in kept for s in t.training_samples()]
+    looks = perception_samples(cfg.perception, seed=cfg.seed, size=cfg.image_size)
+    rows += [Row(s, "perception", s.id) for s in looks]
     console.print(f"agent-sft: {len(trajs)} expert episodes, kept {len(kept)}, rejected {dict(rejected)}; "
-                  f"{len(rows)} training turns")
+                  f"{len(rows) - len(looks)} training turns + {len(looks)} perception samples")
 
     vlm, params = build_trainable(cfg.model, cfg.train.policy)
     vlm = with_max_tiles(vlm, cfg.max_tiles)
@@ -205,7 +253,8 @@ def run(cfg: AgentSFTConfig, console: Console | None = None) -> dict:
     held = generate_zoom_tasks(cfg.eval_tasks, seed=cfg.seed, split="heldout", size=cfg.image_size)
     before = agent_accuracy(vlm, held, registry, max_turns=cfg.max_turns,
                             max_new_tokens=cfg.eval_max_new_tokens)[0] if held else None
-    result = train(vlm.model, dataset, sft_objective(), loop_cfg, collate_fn=collate_groups(processor),
+    objective = turn_mean_objective() if cfg.turn_mean_loss else sft_objective()
+    result = train(vlm.model, dataset, objective, loop_cfg, collate_fn=collate_groups(processor),
                    export_fn=export_fn(vlm))
     final = save_vlm(vlm, out / "final")
     after = agent_accuracy(vlm, held, registry, max_turns=cfg.max_turns,
@@ -215,7 +264,7 @@ def run(cfg: AgentSFTConfig, console: Console | None = None) -> dict:
         "stage": "agent-sft", "model": cfg.model, "final": str(final),
         "trajectories": {"episodes": len(trajs), "kept": len(kept), "rejected": dict(rejected),
                          "tool_calls": sum(len(t.steps) for t in trajs)},
-        "samples": {"turns": len(rows), "used": len(encoded), **batch_stats}, "bad_samples": bad.summary(),
+        "samples": {"turns": len(rows) - len(looks), "perception": len(looks), "used": len(encoded), **batch_stats}, "bad_samples": bad.summary(),
         "params": params, "steps": result.state.step, "last_metrics": result.last_metrics,
         "eval": {"tasks": len(held), "agent_accuracy_before": before, "agent_accuracy_after": after},
         "config": to_dict(cfg),
