@@ -47,6 +47,7 @@ from rich.console import Console
 from r1v.algos.advantages import ADVANTAGES, compute_advantages, effective_ratio, zero_variance_groups
 from r1v.algos.entropy import span_before, top_entropy_per_sequence
 from r1v.algos.losses import LOSS_TYPES, grpo_loss, logprobs_and_entropy
+from r1v.algos.prefix import completion_logits_shared
 from r1v.algos.ssb import SelectiveSampleBuffer, SSBConfig, groups_from_flat
 from r1v.config import to_dict
 from r1v.data.schema import Sample
@@ -234,13 +235,19 @@ def collate(processor: Any, items: Sequence[RolloutItem], advantages: Sequence[f
         "pixel_values": enc.get("pixel_values"), "completion_ids": comp, "completion_mask": mask,
         "advantages": torch.tensor(list(advantages), dtype=torch.float32), "old_logp": old, "has_old": has_old,
         "sequence_mask": torch.tensor([not (mask_truncated and it.truncated) for it in items]),
-        "ref_logp": None,
+        "ref_logp": None, "prompt_len": int(enc["input_ids"].shape[1]),
     }
 
 
 def completion_logits(model: Any, batch: dict) -> torch.Tensor:
-    """Logits predicting each completion token, `[N, C, V]`; the LM head runs on completion positions only."""
+    """Logits predicting each completion token, `[N, C, V]`; the LM head runs on completion positions only.
+    Text-only batches run each distinct prompt once (`r1v.algos.prefix`: a group's G rows share it)."""
     width = batch["completion_ids"].shape[1]
+    if batch.get("pixel_values") is None and batch.get("prompt_len") is not None:
+        shared = completion_logits_shared(model, batch["input_ids"], batch["attention_mask"],
+                                          batch["position_ids"], int(batch["prompt_len"]))
+        if shared is not None:
+            return shared
     kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
     if batch.get("pixel_values") is not None:
         kwargs["pixel_values"] = batch["pixel_values"].to(next(model.parameters()).dtype)
