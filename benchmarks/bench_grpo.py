@@ -179,7 +179,9 @@ def main() -> int:
         "ours_reward": ours["reward"], "trl_reward": trl["reward"], "ours_kl": ours["kl"], "trl_kl": trl["kl"],
         "trl": "GRPOTrainer defaults except the shared settings (gradient_checkpointing="
                f"{trl['gradient_checkpointing']}, loss dapo, per_device_train_batch_size 16)",
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "ours_impl": "rollout: r1v.rollout.decode (static KV cache, shared prefill, packed fp32 linears, fast "
+                     "sampling); reference and policy passes run each distinct prompt once (r1v.algos.prefix)",
     }
     if args.trl_no_gc:
         nogc = time_trl(texts, [s.answer for s in samples], args.steps, args.warmup, args.new_tokens, False)

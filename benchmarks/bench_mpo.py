@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import tempfile
@@ -148,7 +149,11 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     from transformers import AutoTokenizer, Qwen2ForCausalLM
 
     from r1v.assets import smollm2_dir
@@ -174,13 +179,15 @@ def main() -> int:
         "ours_with_precompute_amortised_over_one_epoch_s": o + ours["precompute_s"] / epoch_steps,
         "trl": "DPOTrainer loss_type=[sigmoid,bco_pair,sft] loss_weights=[0.8,0.2,1.0], defaults otherwise "
                "(reference model forward every step); its bco_pair has no running-mean delta",
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "load_avg_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2),
+                          "cores": os.cpu_count()},
     }
     result = write_result(args.json, "mpo_step", "s/step", o, b, details)
     print(f"{'':24}{'ours':>10}{'TRL':>10}")
     print(f"{'s/step (median)':24}{o:>10.3f}{b:>10.3f}")
     print(f"ratio ours/TRL: {result['ratio']:.3f} (target <= 0.85); reference precompute once: "
-          f"{ours['precompute_s']:.3f} s")
+          f"{ours['precompute_s']:.3f} s; load {details['load_avg_1min']}")
     return 0
 
 

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -140,7 +141,12 @@ def main() -> None:
     text = run_variants(variants, args.repeats, new)
     details: dict = {"text": text, "rows": len(text_samples) * args.generations, "new_tokens": new,
                      "threads": args.threads, "repeats": args.repeats, "dtype": "float32", "device": "cpu",
-                     "sampling": "temperature 1.0, top_p 0.95, repetition_penalty 1.05, min_new_tokens=max"}
+                     "sampling": "temperature 1.0, top_p 0.95, repetition_penalty 1.05, min_new_tokens=max",
+                     "sampling_impl": "ours: top-p over top-k candidates (equal to the full sort), inverse-CDF "
+                                      "draw, penalty over seen ids; hf: sort + multinomial (same distribution)",
+                     "decode_impl": "ours: r1v.rollout.decode, static KV cache, shared prefill, MKL-packed "
+                                    "fp32 linears, LM head on the last position only",
+                     "command": " ".join([Path(sys.executable).name, *sys.argv])}
     if args.vlm:
         from PIL import Image
 
