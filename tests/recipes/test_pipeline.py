@@ -100,6 +100,8 @@ def test_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
     assert summary["iterative-sft"]["model"] == summary["sft"]["final"]
     assert summary["grpo"]["model"] == summary["iterative-sft"]["final"]
     assert "stage 1 (SFT)" in (tmp_path / "report.md").read_text()
+    # prune_checkpoints (on in demo.yaml): finished steps keep their final models, not resume checkpoints
+    assert cfg.prune_checkpoints and not list(tmp_path.rglob("checkpoints"))
 
 
 @pytest.mark.slow

@@ -111,6 +111,9 @@ class PipelineConfig:
     seed: int = 0
     resume: bool = False
     """Reuse steps whose `summary.json` exists in `out_dir/<step>`."""
+    prune_checkpoints: bool = False
+    """Delete a step's resume checkpoints (weights + optimizer state, ~1.6 GB each for SmolLM2) once the step
+    has finished and exported its final model; a killed run still resumes the step it was in."""
     prepare: Prepare = field(default_factory=Prepare)
     eval: EvalSettings = field(default_factory=EvalSettings)
     micro: dict[str, Any] = field(default_factory=dict)
@@ -271,6 +274,8 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
             summary = stage_run(stage_cfg, console=console) if takes_console else stage_run(stage_cfg)
         summaries[step.name] = summary
         seconds = time.perf_counter() - t0
+        if cfg.prune_checkpoints:
+            prune_checkpoints(out / step.name)
         for r in step.report:
             folder = _lookup(summary, r.model)
             if folder is None:
@@ -290,6 +295,16 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
         atomic_write_text(out / "report.json", json.dumps({"partial": True, "stages": rows}, indent=2,
                                                           default=str) + "\n")
     return write_report(cfg, rows, summaries, out, wall_seconds=time.perf_counter() - started, console=console)
+
+
+def prune_checkpoints(step_dir: Path) -> int:
+    """Remove every `checkpoints/` folder under a finished step's folder; returns how many were removed."""
+    import shutil
+
+    found = sorted(p for p in Path(step_dir).rglob("checkpoints") if p.is_dir())
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(found)
 
 
 # ---------------------------------------------------------------------------------------------- reasoning LLM
