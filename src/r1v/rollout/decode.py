@@ -226,7 +226,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     """Generate up to `max_new_tokens` per row of a LEFT-padded prompt batch.
 
     - transforms: `fn(state, scores [B, V] float32) -> scores`, applied in order after `min_new_tokens`'
-      suppression of the stop ids; then argmax (`sample=False`) or one multinomial draw from the softmax.
+      suppression of the stop ids; then argmax (`sample=False`) or one draw from the softmax (`sample_rows`).
     - track_presence: keep `state.presence` ([B, V] bool, the real prompt tokens + generated ones).
     - track_seen: keep `state.seen` ([B, P + max_new_tokens] ids, the same set as a list with repeats).
     - on_token(tokens [B]): called after each step with the tokens chosen (pad for finished rows).
