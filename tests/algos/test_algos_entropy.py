@@ -10,6 +10,7 @@ import torch
 from r1v.algos.entropy import (
     connective_mask,
     critical_token_entropy,
+    lse_and_entropy,
     select_checkpoint,
     span_before,
     token_entropy,
@@ -37,6 +38,15 @@ def test_entropy_gradient_is_finite_with_banned_tokens() -> None:
     logits = torch.tensor([[0.0, 1.0, -math.inf]], requires_grad=True)
     token_entropy(logits).sum().backward()
     assert torch.isfinite(logits.grad[0, :2]).all()
+    assert logits.grad[0, 2] == 0  # not NaN: it would spread through the LM head's weights
+    # the hand-written logsumexp/entropy equal torch's, -inf columns and a fully banned row included
+    rows = torch.randn(5, 11, generator=torch.Generator().manual_seed(3))
+    rows[1, :4] = -math.inf
+    rows[4] = -math.inf
+    lse, ent = lse_and_entropy(rows)
+    assert torch.allclose(lse[:4], torch.logsumexp(rows[:4], -1), atol=1e-6) and lse[4] == -math.inf
+    p = torch.softmax(rows[:4], -1)
+    assert torch.allclose(ent[:4], -torch.special.xlogy(p, p).sum(-1), atol=1e-6)
 
 
 def test_span_before() -> None:

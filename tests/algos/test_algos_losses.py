@@ -224,6 +224,33 @@ def test_bradley_terry() -> None:
     assert loss_m.item() == pytest.approx(-(logsig(0.5) + logsig(-1.5)) / 2, rel=1e-6)
 
 
+def test_fused_logprobs_entropy_with_banned_tokens_match_autograd() -> None:
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(3, 4, 17, generator=g)
+    base[0, 1, 3:9] = -math.inf  # banned tokens
+    base[2, :, 0] = -math.inf
+    ids = torch.randint(9, 17, (3, 4), generator=g)
+    weight = torch.randn(3, 4, generator=g)
+    a = base.clone().requires_grad_(True)
+    (torch.log_softmax(a, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) * weight).sum().backward()
+    p = torch.softmax(base, -1)
+    ref_ent = -torch.special.xlogy(p, p).sum(-1)
+    for chunk in (17, 17 * 5, None):
+        b = base.clone().requires_grad_(True)
+        logp, ent = logprobs_and_entropy(b, ids, chunk_elements=chunk)
+        (logp * weight).sum().backward()
+        assert torch.allclose(b.grad, a.grad, atol=1e-6) and torch.isfinite(b.grad).all()
+        assert torch.allclose(ent, ref_ent, atol=1e-5) and not ent.requires_grad
+        assert torch.allclose(logp, torch.log_softmax(base, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1))
+    _, ent_g = logprobs_and_entropy(base.clone().requires_grad_(True), ids, entropy_grad=True)
+    assert ent_g.requires_grad and torch.allclose(ent_g, ref_ent, atol=1e-5)
+    bf_logp, bf_ent = logprobs_and_entropy(base.bfloat16(), ids)
+    assert bf_logp.dtype == bf_ent.dtype == torch.float32 and torch.allclose(bf_ent, ref_ent, atol=0.05)
+    with torch.no_grad():
+        _, none = logprobs_and_entropy(base, ids, with_entropy=False)
+    assert none is None
+
+
 def test_selective_log_softmax_gradient_matches_autograd() -> None:
     g = torch.Generator().manual_seed(4)
     base = torch.randn(2, 6, 13, generator=g)

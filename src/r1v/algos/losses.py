@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from r1v.algos.entropy import CHUNK_ELEMENTS, masked_mean, rows_per_chunk, token_entropy
+from r1v.algos.entropy import chunk_rows, lse_and_entropy, masked_mean, token_entropy
 from r1v.errors import ConfigError
 
 LOSS_TYPES = ("token", "sequence", "dr_grpo")
@@ -26,71 +26,92 @@ MPO_WEIGHTS = (0.8, 0.2, 1.0)
 
 # ----------------------------------------------------------------------------------------- log-probs
 class _GatherLogSoftmax(torch.autograd.Function):
-    """`log_softmax(logits)[ids]` row chunk by row chunk, saving only logits, ids and logsumexp.
+    """`log_softmax(logits)[ids]` (and, without gradient, the softmax entropy) row chunk by row chunk,
+    saving only logits, ids and logsumexp.
 
     Plain autograd would keep every fp32 chunk copy of bf16 logits alive until backward (a full fp32
-    `[B, T, V]`); here backward recomputes softmax one chunk at a time.
+    `[B, T, V]`); here backward recomputes softmax one chunk at a time. The entropy comes from the same
+    exp as the logsumexp (`lse_and_entropy`), so logging it costs one extra dot product per row.
     """
 
     @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, ids: torch.Tensor, step: int) -> torch.Tensor:
+    def forward(ctx: Any, logits: torch.Tensor, ids: torch.Tensor, step: int,
+                with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         flat, idx = logits.reshape(-1, logits.shape[-1]), ids.reshape(-1, 1)  # [N, V], [N, 1]
         out = torch.empty(idx.shape[0], dtype=torch.float32, device=logits.device)  # [N]
         lse = torch.empty_like(out)  # [N]
+        ent = torch.empty_like(out) if with_entropy else out.new_empty(0)  # [N] or [0]
         for s in range(0, flat.shape[0], step):
-            lg = flat[s:s + step].float()  # [n, V]
-            lse[s:s + step] = torch.logsumexp(lg, dim=-1)
-            out[s:s + step] = lg.gather(-1, idx[s:s + step]).squeeze(-1) - lse[s:s + step]
+            lg = flat[s:s + step]  # [n, V]
+            lse_c, ent_c = lse_and_entropy(lg, with_entropy)
+            lse[s:s + step] = lse_c
+            out[s:s + step] = lg.gather(-1, idx[s:s + step]).squeeze(-1).float() - lse_c
+            if ent_c is not None:
+                ent[s:s + step] = ent_c
         ctx.save_for_backward(logits, ids, lse)
         ctx.step = step
-        return out.view(ids.shape)
+        ent = ent.view(ids.shape) if with_entropy else ent
+        ctx.mark_non_differentiable(ent)
+        return out.view(ids.shape), ent
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: Any, grad_out: torch.Tensor, _grad_ent: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, None, None, None]:
         logits, ids, lse = ctx.saved_tensors
         flat, idx = logits.reshape(-1, logits.shape[-1]), ids.reshape(-1, 1)
         g = grad_out.reshape(-1).float()  # [N]
         grad = torch.empty_like(flat)  # [N, V] in the logits' dtype
+        fp32 = grad.dtype == torch.float32
         step = ctx.step
         for s in range(0, flat.shape[0], step):
             gs = g[s:s + step].unsqueeze(-1)  # [n, 1]
-            chunk = flat[s:s + step].to(torch.float32, copy=True)  # [n, V], a scratch copy
-            chunk.sub_(lse[s:s + step].unsqueeze(-1)).exp_().mul_(-gs)  # -softmax * g
+            # fp32 logits: write straight into the gradient; otherwise into an fp32 scratch chunk
+            chunk = grad[s:s + step] if fp32 else torch.empty(gs.shape[0], flat.shape[1], device=flat.device)
+            torch.sub(flat[s:s + step], lse[s:s + step].unsqueeze(-1), out=chunk)
+            chunk.exp_().mul_(-gs)  # -softmax * g
             chunk.scatter_add_(-1, idx[s:s + step], gs)
-            grad[s:s + step].copy_(chunk)
-        return grad.view(logits.shape), None, None
+            if not fp32:
+                grad[s:s + step].copy_(chunk)
+        return grad.view(logits.shape), None, None, None
+
+
+def _fused(logits: torch.Tensor, ids: torch.Tensor, with_entropy: bool,
+           chunk_elements: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if ids.numel() == 0:
+        zeros = logits.new_zeros(ids.shape, dtype=torch.float32)
+        return zeros, (zeros.clone() if with_entropy else None)
+    logp, ent = _GatherLogSoftmax.apply(logits, ids, chunk_rows(logits, chunk_elements), with_entropy)
+    return logp, (ent if with_entropy else None)
 
 
 def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor,
-                          chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+                          chunk_elements: int | None = None) -> torch.Tensor:
     """`log softmax(logits)[ids]` without materialising the full `[B, T, V]` log-softmax.
 
     logits `[B, T, V]` (any float dtype), ids `[B, T]` -> fp32 `[B, T]`. Rows are processed in chunks
     in fp32 (`gather - logsumexp`), forward and backward, so peak extra memory is one fp32 chunk
-    (plus the gradient of the logits themselves). Differentiable.
+    (plus the gradient of the logits themselves). `chunk_elements` defaults by device
+    (`r1v.algos.entropy.chunk_rows`). Differentiable.
     """
-    step = rows_per_chunk(logits.shape[-1], chunk_elements)
-    if ids.numel() == 0:
-        return logits.new_zeros(ids.shape, dtype=torch.float32)
-    return _GatherLogSoftmax.apply(logits, ids, step)
+    return _fused(logits, ids, False, chunk_elements)[0]
 
 
 def logprobs_and_entropy(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None,
                          with_entropy: bool = True, entropy_grad: bool = False,
-                         chunk_elements: int = CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor | None]:
+                         chunk_elements: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of `ids` and (optionally) token entropy.
 
     logits `[B, T, V]` already aligned with ids `[B, T]` (logits at position t predict ids[:, t]);
-    mask `[B, T]` zeroes padded positions in both outputs. Entropy is computed without gradient
-    unless `entropy_grad` (for an entropy bonus). Returns (logp `[B, T]`, entropy `[B, T]` or None).
+    mask `[B, T]` zeroes padded positions in both outputs. Entropy is computed without gradient, in
+    the same pass as the log-probs, unless `entropy_grad` (for an entropy bonus: then a separate,
+    differentiable `token_entropy`). Returns (logp `[B, T]`, entropy `[B, T]` or None).
     """
     if logits.shape[:-1] != ids.shape:
         raise ConfigError(f"logits {tuple(logits.shape)} and ids {tuple(ids.shape)} are not aligned")
-    logp = selective_log_softmax(logits, ids, chunk_elements)  # [B, T]
-    ent = None
-    if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            ent = token_entropy(logits, chunk_elements)  # [B, T]
+    grad_ent = with_entropy and entropy_grad and torch.is_grad_enabled()
+    logp, ent = _fused(logits, ids, with_entropy and not grad_ent, chunk_elements)  # [B, T] x2
+    if grad_ent:
+        ent = token_entropy(logits, chunk_elements)  # [B, T]
     if mask is not None:
         m = mask.to(logp.dtype)
         logp = logp * m
