@@ -1,16 +1,19 @@
-"""Shared-prompt training forwards: same logits and gradients as whole rows, each prompt run once."""
+"""Shared-prompt training forwards and the head on real tokens only: same values and gradients as whole
+rows with the LM head everywhere."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
-from r1v.algos.prefix import completion_logits_shared
+from r1v.algos.losses import logprobs_and_entropy
+from r1v.algos.prefix import completion_hidden, completion_logits_shared, split_head
 from r1v.data.schema import Sample
 from r1v.model.build import build_preset
 from r1v.processing.processor import Processor
 from r1v.recipes.common import apply_trainable
-from r1v.recipes.grpo import RolloutItem, collate, completion_logits
+from r1v.recipes.grpo import RolloutItem, collate, completion_logits, completion_logps
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +24,11 @@ def vlm():
     return v
 
 
-def _batch(vlm):
+def _batch(vlm, images: bool = False):
     proc = Processor(vlm.tokenizer, vlm.spec)
+    img = [Image.new("RGB", (28, 28), "white")] if images else None
     a = Sample.from_question("a", "What is two plus two, please?")
-    b = Sample.from_question("b", "Hi.")  # shorter: left padding in the prompt block
+    b = Sample.from_question("b", "Hi.", images=img)  # shorter: left padding in the prompt block
     comps = [[5, 6, 7, 8], [9, 10], [11], [12, 13, 14], [15, 16, 17, 18], [19]]
     items = [RolloutItem(s, c, truncated=False) for s, c in zip([a, a, a, b, b, b], comps, strict=True)]
     return collate(proc, items, [1.0, -1.0, 0.5, 0.2, -0.3, 0.1], think=False, pad_id=0, mask_truncated=False)
@@ -78,3 +82,71 @@ def test_shared_prompt_falls_back_when_nothing_is_shared(vlm) -> None:
                                         b["prompt_len"]) is None
     finally:
         vlm.model.model.language_model.gradient_checkpointing = False
+
+
+def _whole_stats(model, batch):
+    """The reference: whole rows, LM head on every position, then the masked log-probs and entropy."""
+    kwargs = {}
+    if batch.get("pixel_values") is not None:
+        kwargs["pixel_values"] = batch["pixel_values"]
+    width = batch["completion_ids"].shape[1]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], use_cache=False, logits_to_keep=width + 1,
+                   **kwargs).logits[:, :-1]
+    return logprobs_and_entropy(logits, batch["completion_ids"], batch["completion_mask"])
+
+
+def _stats_and_grads(model, fn, batch):
+    model.zero_grad(set_to_none=True)
+    logp, ent = fn(model, batch)
+    w = torch.linspace(-1, 1, logp.shape[0])[:, None]
+    (logp * w).sum().backward()
+    return logp.detach(), ent, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("case", ["shared", "whole_rows", "images"])
+def test_head_on_real_tokens_equals_full_head(vlm, case) -> None:
+    model = vlm.model.train()
+    batch = _batch(vlm, images=case == "images")
+    lm = model.model.language_model
+    lm.gradient_checkpointing = case == "whole_rows"  # no shared prompt: whole rows through the backbone
+    assert (batch["pixel_values"] is not None) == (case == "images")
+    head_rows: list[int] = []
+    lm_rows: list[int] = []
+    hooks = [model.lm_head.register_forward_hook(lambda mod, args, out: head_rows.append(args[0].shape[0])),
+             lm.register_forward_pre_hook(lambda mod, args, kw: lm_rows.append(
+                 next(kw[k] for k in ("inputs_embeds", "input_ids") if kw.get(k) is not None).shape[0]),
+                 with_kwargs=True)]
+    try:
+        assert split_head(model) is not None
+        logp, ent, grads = _stats_and_grads(model, completion_logps, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+        lm.gradient_checkpointing = False
+    mask = batch["completion_mask"]
+    assert head_rows == [int(mask.sum())]  # one head call, on the 14 real completion tokens only
+    assert lm_rows == ([2, 6] if case == "shared" else [6])  # 2 distinct prompts once, or whole rows
+    ref_logp, ref_ent, ref_grads = _stats_and_grads(model, _whole_stats, batch)
+    assert (logp[mask == 0] == 0).all() and (ent[mask == 0] == 0).all() and not ent.requires_grad
+    torch.testing.assert_close(logp, ref_logp, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ent, ref_ent, rtol=1e-4, atol=1e-5)
+    assert grads.keys() == ref_grads.keys() and len(grads) > 10
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_completion_hidden_declines_unknown_models(vlm) -> None:
+    class Wrapped(torch.nn.Module):  # e.g. a model that scales its logits: the head cannot be split off
+        def __init__(self, inner):
+            super().__init__()
+            self.model, self.lm_head = inner.model, inner.lm_head
+
+    b = _batch(vlm)
+    wrapped = Wrapped(vlm.model)
+    assert split_head(wrapped) is None
+    assert completion_hidden(wrapped, b["input_ids"], b["attention_mask"], b["position_ids"], b["prompt_len"]) is None
+    hidden, head = completion_hidden(vlm.model, b["input_ids"], b["attention_mask"], b["position_ids"],
+                                     b["prompt_len"])
+    assert hidden.shape == (*b["completion_ids"].shape, vlm.model.config.text_config.hidden_size)
+    assert head is vlm.model.lm_head

@@ -119,6 +119,26 @@ def logprobs_and_entropy(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Te
     return logp, ent
 
 
+def head_logprobs_and_entropy(hidden: torch.Tensor, head: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                              with_entropy: bool = True, entropy_grad: bool = False,
+                              chunk_elements: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`logprobs_and_entropy(head(hidden), ids, mask)` with the LM head run on masked-in positions only.
+
+    hidden `[B, T, H]` final hidden states aligned with ids `[B, T]` (hidden at t predicts ids[:, t]),
+    head the LM head (`[H] -> [V]`), mask `[B, T]`. Padding never gets `[V]` logits; its outputs are 0.
+    Values and gradients equal the full path's. Returns (logp `[B, T]`, entropy `[B, T]` or None).
+    """
+    if hidden.shape[:-1] != ids.shape or mask.shape != ids.shape:
+        raise ConfigError(f"hidden {tuple(hidden.shape)}, ids {tuple(ids.shape)} and mask {tuple(mask.shape)} "
+                          "are not aligned")
+    sel = mask.bool()  # [B, T]
+    logits = head(hidden[sel])  # [M, V]
+    logp_m, ent_m = logprobs_and_entropy(logits, ids[sel], None, with_entropy, entropy_grad, chunk_elements)
+    zeros = torch.zeros(ids.shape, dtype=torch.float32, device=hidden.device)  # [B, T]
+    logp = zeros.masked_scatter(sel, logp_m)
+    return logp, (zeros.masked_scatter(sel, ent_m) if ent_m is not None else None)
+
+
 def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum of token log-probs per sequence: `log pi(y|x)`. `[B, T]`, mask `[B, T]` -> `[B]`."""
     return (token_logps * mask.to(token_logps.dtype)).sum(dim=1)

@@ -1,4 +1,4 @@
-"""Training forwards that do a repeated prompt's work once.
+"""Training forwards that do a repeated prompt's work once, and run the LM head only where needed.
 
 GRPO's rollout batch holds each prompt `num_generations` times, and an MPO pair's chosen and rejected
 answers share their prompt. `completion_logits_shared` runs each distinct prompt once with a KV cache,
@@ -7,8 +7,15 @@ prompt computation, so loss and gradients equal the whole-row forward's up to fl
 runs the completion tokens of all rows on that cache. The LM head sees only the positions that predict
 completion tokens (the last prompt position and every completion position but the last).
 
-Falls back (returns None) when there is nothing to share, with images (the vision tower is not split
-here), or under gradient checkpointing (HF drops the cache in training mode there).
+`completion_hidden` goes one step further: it returns the final hidden states at those positions (shared
+prompts when possible, whole rows otherwise, images included) together with the LM head, so the caller
+can run the head on the real completion tokens only (`r1v.algos.losses.head_logprobs_and_entropy`) and
+never build `[N, C, V]` logits for right padding. This needs a model whose logits are exactly
+`lm_head(model.model(...).last_hidden_state)` (`split_head`: Qwen2/Qwen3/Llama/Mistral causal LMs and
+InternVL); others return None and the caller uses the logits path.
+
+The shared-prompt paths fall back when there is nothing to share, with images (the vision tower is not
+split here), or under gradient checkpointing (HF drops the cache in training mode there).
 """
 
 from __future__ import annotations
@@ -20,7 +27,13 @@ from torch import nn
 
 from r1v.rollout.decode import distinct_rows
 
-__all__ = ["can_share_prompt", "completion_logits_shared"]
+__all__ = ["can_share_prompt", "completion_hidden", "completion_hidden_shared", "completion_logits_shared",
+           "split_head"]
+
+#: model classes whose forward computes `logits = lm_head(model(...)[0])` with nothing in between
+#: (no logit scaling or soft-capping), so `split_head` may take them apart.
+PLAIN_HEAD_MODELS = frozenset({"Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM",
+                               "InternVLForConditionalGeneration"})
 
 
 def can_share_prompt(model: nn.Module) -> bool:
@@ -31,9 +44,50 @@ def can_share_prompt(model: nn.Module) -> bool:
     return not any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
+def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(backbone, LM head) when the model's logits are `head(backbone(...).last_hidden_state)`, else None
+    (an unknown architecture, or one wrapped by DDP/FSDP1, whose hooks expect the whole forward)."""
+    if hasattr(model, "module") or type(model).__name__ not in PLAIN_HEAD_MODELS:
+        return None
+    backbone, head = getattr(model, "model", None), model.get_output_embeddings()
+    if not isinstance(backbone, nn.Module) or not isinstance(head, nn.Linear):
+        return None
+    return backbone, head
+
+
 def _cache_kwarg(model: nn.Module) -> str:
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+def _shared(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+            prompt_len: int, hidden: bool) -> torch.Tensor | None:
+    """`[N, C, V]` logits (`hidden=False`, `model` a causal LM) or `[N, C, H]` final hidden states
+    (`hidden=True`, `model` its backbone) at the positions predicting each completion token."""
+    c = input_ids.shape[1] - prompt_len
+    if c < 1 or not can_share_prompt(model):
+        return None
+    groups = distinct_rows(input_ids[:, :prompt_len], attention_mask[:, :prompt_len])
+    if groups is None:
+        return None
+    first, inverse = groups
+    keep = {} if hidden else {"logits_to_keep": 1}
+    out = model(input_ids=input_ids[first, :prompt_len], attention_mask=attention_mask[first, :prompt_len],
+                position_ids=position_ids[first, :prompt_len], use_cache=True, **keep)
+    last = out.last_hidden_state[:, -1:] if hidden else out.logits  # [U, 1, H or V]
+    head_first = last.index_select(0, inverse)  # [N, 1, .]: predicts each completion's first token
+    if c == 1:
+        return head_first
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if cache is None:
+        return None
+    cache.reorder_cache(inverse)  # [U, ...] -> [N, ...], differentiable index_select
+    # the last completion token predicts nothing: it is not fed
+    keep = {} if hidden else {"logits_to_keep": c - 1}
+    rest = model(input_ids=input_ids[:, prompt_len:-1], attention_mask=attention_mask[:, :-1],
+                 position_ids=position_ids[:, prompt_len:-1], **{_cache_kwarg(model): cache}, use_cache=False,
+                 **keep)
+    return torch.cat([head_first, rest.last_hidden_state if hidden else rest.logits], dim=1)  # [N, C, .]
 
 
 def completion_logits_shared(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -44,24 +98,36 @@ def completion_logits_shared(model: nn.Module, input_ids: torch.Tensor, attentio
     columns) followed by right-padded completions. Returns None when every prompt differs (no saving)
     or the model cannot share (`can_share_prompt`); the caller then runs whole rows.
     """
+    return _shared(model, input_ids, attention_mask, position_ids, prompt_len, hidden=False)
+
+
+def completion_hidden_shared(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                             position_ids: torch.Tensor, prompt_len: int) -> torch.Tensor | None:
+    """As `completion_logits_shared`, but the final hidden states `[N, C, H]` (before the LM head).
+    None also when the model cannot be split into backbone and head (`split_head`)."""
+    parts = split_head(model)
+    if parts is None or not can_share_prompt(model):
+        return None
+    return _shared(parts[0], input_ids, attention_mask, position_ids, prompt_len, hidden=True)
+
+
+def completion_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      position_ids: torch.Tensor, prompt_len: int, pixel_values: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, nn.Module] | None:
+    """(final hidden states `[N, C, H]` predicting each completion token, the LM head), or None when
+    the model cannot be split (`split_head`). Text-only batches share their prompts when they can;
+    otherwise (images, nothing shared, gradient checkpointing) whole rows run through the backbone.
+    Inputs as `completion_logits_shared`; `pixel_values` for the rows' images."""
+    parts = split_head(model)
+    if parts is None:
+        return None
+    backbone, head = parts
+    if pixel_values is None:
+        shared = completion_hidden_shared(model, input_ids, attention_mask, position_ids, prompt_len)
+        if shared is not None:
+            return shared, head
+    kwargs = {} if pixel_values is None else {"pixel_values": pixel_values}
     c = input_ids.shape[1] - prompt_len
-    if c < 1 or not can_share_prompt(model):
-        return None
-    groups = distinct_rows(input_ids[:, :prompt_len], attention_mask[:, :prompt_len])
-    if groups is None:
-        return None
-    first, inverse = groups
-    out = model(input_ids=input_ids[first, :prompt_len], attention_mask=attention_mask[first, :prompt_len],
-                position_ids=position_ids[first, :prompt_len], use_cache=True, logits_to_keep=1)
-    head_first = out.logits.index_select(0, inverse)  # [N, 1, V]: predicts each completion's first token
-    if c == 1:
-        return head_first
-    cache = getattr(out, "cache", None) or out.past_key_values
-    if cache is None:
-        return None
-    cache.reorder_cache(inverse)  # [U, ...] -> [N, ...], differentiable index_select
-    # the last completion token predicts nothing: it is not fed
-    rest = model(input_ids=input_ids[:, prompt_len:-1], attention_mask=attention_mask[:, :-1],
-                 position_ids=position_ids[:, prompt_len:-1], **{_cache_kwarg(model): cache}, use_cache=False,
-                 logits_to_keep=c - 1).logits  # [N, C-1, V]
-    return torch.cat([head_first, rest], dim=1)
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                   **kwargs)
+    return out.last_hidden_state[:, prompt_len - 1:prompt_len - 1 + c], head  # [N, C, H]

@@ -46,8 +46,8 @@ from rich.console import Console
 
 from r1v.algos.advantages import ADVANTAGES, compute_advantages, effective_ratio, zero_variance_groups
 from r1v.algos.entropy import span_before, top_entropy_per_sequence
-from r1v.algos.losses import LOSS_TYPES, grpo_loss, logprobs_and_entropy
-from r1v.algos.prefix import completion_logits_shared
+from r1v.algos.losses import LOSS_TYPES, grpo_loss, head_logprobs_and_entropy, logprobs_and_entropy
+from r1v.algos.prefix import completion_hidden, completion_logits_shared
 from r1v.algos.ssb import SelectiveSampleBuffer, SSBConfig, groups_from_flat
 from r1v.config import to_dict
 from r1v.data.schema import Sample
@@ -254,6 +254,26 @@ def completion_logits(model: Any, batch: dict) -> torch.Tensor:
     return model(**kwargs, use_cache=False, logits_to_keep=width + 1).logits[:, :-1]
 
 
+def completion_logps(model: Any, batch: dict, with_entropy: bool = True
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and, without gradient, entropy) of each completion token `[N, C]`, 0 on padding.
+
+    The LM head runs only on real completion tokens (`r1v.algos.prefix.completion_hidden`, each distinct
+    prompt once when it can); a model that cannot be split into backbone and head goes through
+    `completion_logits`. Both give the same values and gradients.
+    """
+    ids, mask = batch["completion_ids"], batch["completion_mask"]
+    pixels = batch.get("pixel_values")
+    if pixels is not None:
+        pixels = pixels.to(next(model.parameters()).dtype)
+    split = completion_hidden(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"],
+                              int(batch["prompt_len"]), pixels) if batch.get("prompt_len") is not None else None
+    if split is None:
+        return logprobs_and_entropy(completion_logits(model, batch), ids, mask, with_entropy=with_entropy)
+    hidden, head = split
+    return head_logprobs_and_entropy(hidden, head, ids, mask, with_entropy=with_entropy)
+
+
 def units(loss_type: str) -> Callable[[dict], int]:
     """What the loss is a mean over: masked tokens (token), sequences with tokens (sequence), rows (dr_grpo)."""
     def count(batch: dict) -> int:
@@ -282,7 +302,7 @@ def grpo_objective(cfg: GRPOConfig, close_id: int | None, sink: list[Captured | 
 
     def loss(model: Any, batch: dict) -> LossOutput:
         ids, mask = batch["completion_ids"], batch["completion_mask"]
-        logp, ent = logprobs_and_entropy(completion_logits(model, batch), ids, mask)  # [N, C] x2
+        logp, ent = completion_logps(model, batch)  # [N, C] x2
         old = torch.where(batch["has_old"].unsqueeze(1), batch["old_logp"], logp.detach())
         value, m = grpo_loss(logp, batch["advantages"], mask, old_logp=old, ref_logp=batch.get("ref_logp"),
                              beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
@@ -311,8 +331,7 @@ def fill_logps(model: Any, batches: Sequence[dict], accelerator: Any, key: str) 
     for batch in batches:
         on = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with accelerator.autocast():
-            logp, _ = logprobs_and_entropy(completion_logits(model, on), on["completion_ids"],
-                                           on["completion_mask"], with_entropy=False)
+            logp, _ = completion_logps(model, on, with_entropy=False)
         if key == "old_logp":
             batch["old_logp"] = torch.where(batch["has_old"].unsqueeze(1), batch["old_logp"], logp.cpu())
             batch["has_old"] = torch.ones_like(batch["has_old"])
