@@ -44,15 +44,6 @@ def test_kv_cache_writes_in_place_and_returns_the_written_prefix() -> None:
     assert cache.keys[0].abs().sum() == 0
 
 
-def test_presence_penalty_equals_the_gather_form() -> None:
-    torch.manual_seed(1)
-    scores = torch.randn(3, 20)
-    ids = torch.randint(0, 20, (3, 7))
-    proc = RepetitionPenalty(torch.tensor([1.3, 1.0, 2.0]))
-    presence = torch.zeros(3, 20, dtype=torch.bool).scatter_(1, ids, True)
-    assert torch.equal(proc.apply_presence(presence, scores.clone()), proc(ids, scores.clone()))
-
-
 def test_vectorised_think_budget_equals_the_row_loop() -> None:
     close = [7, 8]
     torch.manual_seed(2)
@@ -194,13 +185,17 @@ def test_finished_rows_leave_the_batch_without_changing_the_others(tiny, monkeyp
     torch.testing.assert_close(out.logprobs, full.logprobs)
 
 
-def test_seen_ids_penalty_equals_the_presence_form() -> None:
+def test_seen_ids_penalty_equals_a_pass_over_the_vocabulary() -> None:
     torch.manual_seed(3)
     scores = torch.randn(3, 20)
-    seen = torch.randint(0, 20, (3, 9))  # repeats on purpose
-    proc = RepetitionPenalty(torch.tensor([1.3, 1.0, 0.5]))
-    presence = torch.zeros(3, 20, dtype=torch.bool).scatter_(1, seen, True)
-    assert torch.equal(proc.apply_seen(seen, scores.clone()), proc.apply_presence(presence, scores.clone()))
+    seen = torch.randint(0, 20, (3, 9))  # repeats on purpose: each id must be penalised once
+    penalty = torch.tensor([1.3, 1.0, 0.5])
+    proc = RepetitionPenalty(penalty)
+    present = torch.zeros(3, 20, dtype=torch.bool).scatter_(1, seen, True)
+    p = penalty.unsqueeze(1)
+    want = torch.where(present, torch.where(scores < 0, scores * p, scores / p), scores)
+    assert torch.equal(proc.apply_seen(seen, scores.clone()), want)
+    assert torch.equal(proc(seen, scores.clone()), want)
 
 
 def test_inverse_cdf_sampling_follows_the_softmax() -> None:
@@ -214,13 +209,20 @@ def test_inverse_cdf_sampling_follows_the_softmax() -> None:
     torch.testing.assert_close(freq, torch.tensor([0.5, 0.0, 0.3, 0.2]), atol=0.03, rtol=0)
 
 
-def test_sampling_with_the_penalty_uses_seen_ids_and_matches_presence(tiny) -> None:
+def test_sampling_with_the_penalty_over_seen_ids_matches_the_history_form(tiny) -> None:
     ids = torch.tensor([[0, 5, 6, 7], [9, 8, 7, 6]])
     mask = (ids != 0).long()
     proc = RepetitionPenalty(torch.tensor([1.5, 2.0]))
+
+    def history(st, s):  # HF's form over the real prompt ids + the ids generated so far
+        out = s.clone()
+        for r in range(len(ids)):
+            past = torch.cat([ids[r][mask[r].bool()], st.tokens[r, :st.step]])
+            out[r:r + 1] = RepetitionPenalty(proc.penalty[r:r + 1])(past[None], s[r:r + 1])
+        return out
+
     outs = []
-    for kw, fn in [({"track_seen": True}, lambda st, s: proc.apply_seen(st.seen, s)),
-                   ({"track_presence": True}, lambda st, s: proc.apply_presence(st.presence, s))]:
+    for kw, fn in [({"track_seen": True}, lambda st, s: proc.apply_seen(st.seen, s)), ({}, history)]:
         torch.manual_seed(11)
         outs.append(decode(tiny.model, ids, mask, max_new_tokens=8, stop_ids=[], pad_id=0, sample=True,
                            transforms=[fn], **kw).tokens)

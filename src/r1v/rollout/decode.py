@@ -18,7 +18,7 @@ per-step cost fixed and small:
   parameters, then the skinny [B, D] x [D, N] products of a decode step run ~1.2-2x faster);
 - generated ids live in a pre-allocated [B, max_new_tokens] tensor; the repetition penalty reads a
   pre-allocated [B, P + max_new_tokens] tensor of the ids seen so far (one column written per step) and
-  touches only those entries (a [B, V] presence mask is still available: `track_presence`);
+  touches only those entries;
 - sampling draws one uniform per row and inverts the CDF (`searchsorted` over the cumulative softmax)
   instead of `torch.multinomial`, whose exponential noise over all [B, V] entries costs ~35 ms per step
   at B=16, V=49k on one core (same distribution, another random stream).
@@ -84,14 +84,12 @@ class KVCache:
 
 @dataclass
 class DecodeState:
-    """What sampling transforms may read: generated ids so far (`tokens[:, :step]`), the step index, the
-    [B, V] presence mask of prompt + generated tokens (None unless `track_presence`), finished rows, and
-    `seen` [B, S] ids of the real prompt tokens + the generated ones (None unless `track_seen`; repeats
+    """What sampling transforms may read: generated ids so far (`tokens[:, :step]`), the step index,
+    finished rows, and `seen` [B, S] ids of the real prompt tokens + the generated ones (None unless `track_seen`; repeats
     allowed, columns not yet generated repeat a prompt token, so a penalty applied per id is exact)."""
 
     tokens: torch.Tensor
     step: int
-    presence: torch.Tensor | None
     done: torch.Tensor
     seen: torch.Tensor | None = None
 
@@ -218,7 +216,7 @@ def packed_linears(modules: Iterable[torch.nn.Module], batch: int) -> Iterator[i
 def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
            max_new_tokens: int, stop_ids: Sequence[int], pad_id: int,
            pixel_values: torch.Tensor | None = None, sample: bool = True,
-           transforms: Sequence[Transform] = (), track_presence: bool = False, track_seen: bool = False,
+           transforms: Sequence[Transform] = (), track_seen: bool = False,
            min_new_tokens: int = 0, return_logprobs: bool = False,
            on_token: Callable[[torch.Tensor], None] | None = None,
            stop_check: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
@@ -227,7 +225,6 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
 
     - transforms: `fn(state, scores [B, V] float32) -> scores`, applied in order after `min_new_tokens`'
       suppression of the stop ids; then argmax (`sample=False`) or one draw from the softmax (`sample_rows`).
-    - track_presence: keep `state.presence` ([B, V] bool, the real prompt tokens + generated ones).
     - track_seen: keep `state.seen` ([B, P + max_new_tokens] ids, the same set as a list with repeats).
     - on_token(tokens [B]): called after each step with the tokens chosen (pad for finished rows).
     - stop_check(tokens, steps, active) -> [B] bool: extra stop rule (e.g. stop strings) run after each step.
@@ -240,7 +237,6 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     dtype = head.weight.dtype
     b, p = input_ids.shape
     total = p + max_new_tokens
-    vocab = head.weight.shape[0]
 
     body = mm if (mm is not None and pixel_values is not None) else lm
     groups = distinct_rows(input_ids, attention_mask) if body is lm else None
@@ -255,15 +251,11 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     done = torch.zeros(b, dtype=torch.bool, device=device)
     lengths = torch.full((b,), max_new_tokens, dtype=torch.long, device=device)
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
-    presence = None
-    if track_presence:
-        presence = torch.zeros((b, vocab), dtype=torch.bool, device=device)
-        presence.scatter_(1, input_ids.clamp(0, vocab - 1), attention_mask.bool())
     seen = None
     if track_seen:  # padded prompt slots and future slots hold the last prompt token (always real)
         seen = input_ids[:, -1:].expand(b, total).clone()
         seen[:, :p] = torch.where(attention_mask.bool(), input_ids, seen[:, :p])
-    state = DecodeState(tokens, 0, presence, done, seen)
+    state = DecodeState(tokens, 0, done, seen)
 
     was_training = model.training
     model.eval()
@@ -300,8 +292,6 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
             tokens[:, t] = nxt
             if logprobs is not None:
                 logprobs[:, t] = raw.gather(1, nxt[:, None]).squeeze(1) - lse
-            if presence is not None:
-                presence.scatter_(1, nxt[:, None], True)
             if seen is not None:
                 seen[:, p + t] = nxt
             if on_token is not None:

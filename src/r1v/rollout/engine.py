@@ -126,13 +126,6 @@ class RepetitionPenalty(LogitsProcessor):
         p = self.penalty_col
         return scores.scatter_(1, seen, torch.where(got < 0, got * p, got / p))
 
-    def apply_presence(self, presence: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """The same rule over a [B, V] bool mask of the tokens seen so far (the fast decode loop's form)."""
-        if self.all_one:
-            return scores
-        p = self.penalty_col
-        return torch.where(presence, torch.where(scores < 0, scores * p, scores / p), scores)
-
     @property
     def all_one(self) -> bool:
         if not hasattr(self, "_all_one"):
