@@ -53,6 +53,18 @@ def test_span_before() -> None:
     ids = torch.tensor([[5, 6, 9, 7], [5, 6, 7, 8]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
     assert span_before(ids, 9, mask).tolist() == [[True, True, False, False], [True, True, True, False]]
+    # a multi-token marker ("</think>" as plain text): only the whole sequence counts, its first token is cut
+    ids = torch.tensor([[5, 9, 7, 9, 8, 3, 4], [9, 8, 1, 1, 1, 1, 1], [5, 9, 5, 9, 9, 9, 8]])
+    mask = torch.tensor([[1] * 7, [1] * 7, [1] * 6 + [0]])
+    assert span_before(ids, [9, 8], mask).tolist() == [
+        [True, True, True, False, False, False, False],  # the lone 9 at 1 is no marker
+        [False] * 7,  # the marker opens the row
+        [True] * 6 + [False],  # [9, 8] only reaches into padding: the whole mask stays
+    ]
+    assert torch.equal(span_before(ids, [9], mask), span_before(ids, 9, mask))
+    assert span_before(ids[:, :1], [9, 8], mask[:, :1]).tolist() == [[True], [True], [True]]  # shorter than it
+    with pytest.raises(ConfigError, match="no tokens"):
+        span_before(ids, [], mask)
 
 
 def test_top_entropy_per_sequence_hand_values() -> None:

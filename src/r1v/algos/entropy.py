@@ -96,13 +96,28 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * m).sum() / m.sum() if m.sum() > 0 else values.new_tensor(float("nan"))
 
 
-def span_before(ids: torch.Tensor, stop_id: int, mask: torch.Tensor) -> torch.Tensor:
-    """Tokens strictly before the first `stop_id` (e.g. `</think>`) in each row, within `mask`.
+def span_before(ids: torch.Tensor, stop: int | Sequence[int], mask: torch.Tensor) -> torch.Tensor:
+    """Tokens strictly before the first occurrence of the marker `stop` in each row, within `mask`.
 
-    ids `[B, T]`, mask `[B, T]` -> bool `[B, T]`. A row without `stop_id` keeps its whole mask (its
+    `stop` is a token id or a marker's id sequence (e.g. `tokenizer.encode("</think>",
+    add_special_tokens=False)`, several tokens where `</think>` is plain text, as the rollout engine's
+    `close_ids`), matched only where `mask` is set; the marker's first token is the first one left out.
+    ids `[B, T]`, mask `[B, T]` -> bool `[B, T]`. A row without the marker keeps its whole mask (its
     thinking was cut off by the budget).
     """
-    seen = (ids == stop_id).long().cumsum(dim=1) > 0  # [B, T]
+    marker = [int(stop)] if isinstance(stop, int) else [int(t) for t in stop]
+    if not marker:
+        raise ConfigError("span_before: the stop marker has no tokens")
+    b, t = ids.shape
+    k = len(marker)
+    ids = ids.masked_fill(~mask.bool(), -1)  # a marker counts only inside the mask
+    starts = torch.zeros((b, t), dtype=torch.bool, device=ids.device)  # [B, T]: a marker starts here
+    if t >= k:
+        hit = torch.ones((b, t - k + 1), dtype=torch.bool, device=ids.device)
+        for j, tok in enumerate(marker):
+            hit &= ids[:, j:t - k + 1 + j] == tok
+        starts[:, :t - k + 1] = hit
+    seen = starts.long().cumsum(dim=1) > 0  # [B, T]
     return mask.bool() & ~seen
 
 

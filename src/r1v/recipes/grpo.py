@@ -296,7 +296,7 @@ class Captured:
     critical: list[float] = field(default_factory=list)
 
 
-def grpo_objective(cfg: GRPOConfig, close_id: int | None, sink: list[Captured | None]) -> Objective:
+def grpo_objective(cfg: GRPOConfig, close_ids: Sequence[int], sink: list[Captured | None]) -> Objective:
     """The clipped surrogate as an `Objective` for `r1v.train.train_step` (sum over units + metric sums)."""
     count = units(cfg.loss_type)
 
@@ -315,7 +315,7 @@ def grpo_objective(cfg: GRPOConfig, close_id: int | None, sink: list[Captured | 
                 cap.logp[row] = logp[r, :lengths[r]].detach().float().cpu()
             cap.entropy_sum += float((ent * mask).sum())
             cap.tokens += float(mask.sum())
-            span = span_before(ids, close_id, mask) if close_id is not None else mask.bool()
+            span = span_before(ids, close_ids, mask) if close_ids else mask.bool()
             per_seq = top_entropy_per_sequence(ent, span, cfg.critical_top_fraction)
             cap.critical.extend(v for v in per_seq.tolist() if not math.isnan(v))
         n = float(count(batch))
@@ -376,7 +376,7 @@ def train_grpo(vlm: Any, prompts: Sequence[Sample], cfg: GRPOConfig, *, processo
     tok = vlm.tokenizer
     eos_id = tok.eos_token_id
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (eos_id or 0)
-    close_id = single_token_id(tok, THINK_CLOSE)
+    close_ids = tok.encode(THINK_CLOSE, add_special_tokens=False)  # several tokens where it is plain text
     reward_fn = build_reward(cfg, reward_model)
     per_epoch = len(prompts) // cfg.prompts_per_step
     if per_epoch == 0:
@@ -409,7 +409,7 @@ def train_grpo(vlm: Any, prompts: Sequence[Sample], cfg: GRPOConfig, *, processo
     progress = Progress(total, start=state.step, enabled=accelerator.is_main_process and tc.progress,
                         description="grpo")
     objective_sink: list[Captured | None] = [None]
-    objective = grpo_objective(cfg, close_id, objective_sink)
+    objective = grpo_objective(cfg, close_ids, objective_sink)
     metrics: dict[str, float] = {}
     synced_at = state.step
     try:
