@@ -8,11 +8,14 @@ Measured side by side in one run, every image at one 224 px tile (`max_tiles=1`)
   (`<think>The ... part shows a star.</think><answer>star</answer>`), no tools;
 - agent (SFT): smol after `agent-sft` on filtered expert trajectories (crop+zoom with the sandboxed `code`
   tool, then answer), running the agent loop with the code tool.
-Both SFT runs get the same optimiser steps, batch, learning rate, loss (every turn weighted the same) and the
-same `--perception` shape-naming samples at zoom scale (`perception_samples`), so the only difference is the
-tool. `ours` = agent (SFT) accuracy, `baseline` = the better of the two direct accuracies, ratio = ours/baseline.
-Reported with n, chance (0.25), Wilson 95% intervals and a paired bootstrap interval of agent - direct; also
-each SFT model's accuracy naming the shape on held-out zoomed crops (does it read a shape it can see?).
+Both SFT runs get the same optimiser steps, batch, learning rate, loss (`--loss`, token-level by default) and
+the same `--perception` shape-naming crops at zoom scale (`look_tasks`), each in its own protocol's form: plain
+questions for the direct model (`perception_samples`), the answer turn after the crop's observation for the
+agent (`observation_perception_samples`), so the only difference is the tool. `ours` = agent (SFT) accuracy,
+`baseline` = the better of the two direct accuracies, ratio = ours/baseline. Reported with n, chance (0.25),
+Wilson 95% intervals and a paired bootstrap interval of agent - direct; tool calls, first-turn tool calls and
+tool errors; and perception on held-out crops in each model's own form (direct SFT: the zoomed crop as a plain
+question; agent SFT: its answer turn after the expert's crop observation).
 `--json PATH` also writes PATH with suffix .md.
 """
 
@@ -39,6 +42,7 @@ from r1v.recipes.agent_sft import (
     AgentSFTConfig,
     agent_accuracy,
     answer_matches,
+    expert_trajectories,
     turn_mean_objective,
     with_max_tiles,
 )
@@ -51,7 +55,7 @@ from r1v.recipes.common import (
     encode_rows,
     grouped_training_set,
 )
-from r1v.train import TrainConfig, train
+from r1v.train import TrainConfig, sft_objective, train
 
 SHAPE_WORD = re.compile(r"\b(circle|square|triangle|star)s?\b", re.IGNORECASE)
 
@@ -114,6 +118,27 @@ def direct_accuracy(vlm, samples, *, think: bool, max_new_tokens: int) -> tuple[
     return sum(answer_matches(p, s.answer) for p, s in zip(preds, samples, strict=True)) / len(samples), texts
 
 
+def agent_reading(vlm, samples, work_dir: Path, *, max_new_tokens: int = 40) -> list[bool]:
+    """The agent's answer turn after the clean expert's crop of each held-out task (its perception, in its
+    own protocol): correct when the answer names the gold shape."""
+    from r1v.agent.loop import default_params
+    from r1v.agent.protocol import STOP_STRINGS, extract_answer
+    from r1v.data.schema import Sample
+    from r1v.rollout.engine import TransformersEngine
+
+    trajs = expert_trajectories(samples, default_registry(), rollouts=1, flaw_rate=0.0, seed=0, work_dir=work_dir)
+    prompts = []
+    for t in trajs:
+        last = t.training_samples()[-1]
+        prompts.append(Sample(last.id, last.messages[:-1], last.images, last.answer, last.meta))
+    engine, params = TransformersEngine(vlm), replace(default_params(max_new_tokens), stop=STOP_STRINGS)
+    vlm.model.eval()
+    texts = []
+    for i in range(0, len(prompts), 8):
+        texts += [g[0].text for g in engine.generate(prompts[i:i + 8], params)]
+    return [answer_matches(extract_answer(x) or first_shape(x), s.answer) for x, s in zip(texts, samples, strict=True)]
+
+
 def direct_target(sample) -> str:
     row, col = sample.meta["cell"]
     return (f"<think>\nThe {CELL_NAMES[row][col]} part shows a {sample.answer}.\n</think>\n"
@@ -128,6 +153,8 @@ def main() -> None:
     ap.add_argument("--perception", type=int, default=64, help="shape-naming samples mixed into both SFT runs")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/agent_tools"))
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--loss", choices=["token", "turn"], default="token",
+                    help="token: token-level SFT; turn: every assistant turn weighs the same (both arms)")
     ap.add_argument("--show", type=int, default=3, help="print this many completions of each setting")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -158,7 +185,8 @@ def main() -> None:
     proc = Processor(vlm.tokenizer, vlm.spec)
     encoded = encode_rows(proc, rows, max_seq_len=4096, bad=BadSamples())
     dataset, loop_cfg, _ = grouped_training_set(encoded, replace(train_cfg, out_dir=args.out / "direct_sft"))
-    train(vlm.model, dataset, turn_mean_objective(), loop_cfg, collate_fn=collate_groups(proc))
+    objective = turn_mean_objective() if args.loss == "turn" else sft_objective()
+    train(vlm.model, dataset, objective, loop_cfg, collate_fn=collate_groups(proc))
     direct_ok, direct_texts = direct_correct(vlm, held, think=True, max_new_tokens=40)
     direct_look = direct_correct(vlm, crops, think=True, max_new_tokens=40)[0]
     timings["direct_sft_s"] = round(time.time() - t0, 1)
@@ -167,13 +195,14 @@ def main() -> None:
     t0 = time.time()
     # same number of optimiser steps; the agent run sees half as many tasks (two model turns per episode)
     cfg = AgentSFTConfig(model="smol", tasks=args.tasks // 2, rollouts_per_task=2, flaw_rate=0.25, max_tiles=1,
-                         max_turns=4, eval_tasks=0, perception=args.perception, turn_mean_loss=True, train=train_cfg)
+                         max_turns=4, eval_tasks=0, perception=args.perception, perception_form="observation",
+                         turn_mean_loss=args.loss == "turn", train=train_cfg)
     summary = run_agent_sft(cfg, console)
     agent_vlm = with_max_tiles(load_vlm(summary["final"]), 1)
     _, trajs = agent_accuracy(agent_vlm, held, default_registry(),
                               max_turns=4, max_new_tokens=256, work_dir=args.out / "eval_episodes")
     agent_ok = [answer_matches(t.final_answer, t.sample.answer) for t in trajs]
-    agent_look = direct_correct(agent_vlm, crops, think=True, max_new_tokens=40)[0]
+    agent_look = agent_reading(agent_vlm, held, args.out / "reading_episodes")
     timings["agent_sft_s"] = round(time.time() - t0, 1)
 
     for name, texts in [("direct, base", base_texts), ("direct, SFT", direct_texts)]:
@@ -194,13 +223,18 @@ def main() -> None:
     details = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]), "wall_s": round(time.time() - start, 1),
                "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "lr": args.lr,
                "eval_items": n, "train_tasks": args.tasks, "steps": args.steps, "perception": args.perception,
+               "loss": args.loss, "perception_form": {"direct SFT": "plain", "agent SFT": "observation"},
                "max_tiles": 1, "chance": 0.25, "settings": rows_out,
                "agent_minus_best_direct": round(acc["agent + code tool, agent-SFT"] - acc[best_direct], 3),
                "agent_minus_best_direct_bootstrap95": paired_bootstrap(agent_ok, settings[best_direct]),
                "crop_naming_accuracy": {"direct SFT": sum(direct_look) / n, "agent SFT": sum(agent_look) / n},
+               "crop_naming_note": "direct SFT: zoomed crop as a plain question; agent SFT: answer turn after the "
+                                   "expert's crop observation",
                "agent_finish": {f: sum(t.finish == f for t in trajs) for f in ("answer", "turn_limit")},
-               "agent_tool_calls": sum(len(t.steps) for t in trajs),
-               "agent_tool_errors": sum(not s.ok for t in trajs for s in t.steps),
+               "agent_tool_calls": sum(bool(s.name) for t in trajs for s in t.steps),
+               "agent_first_turn_tool_calls": sum(any(s.turn == 0 and s.name for s in t.steps) for t in trajs),
+               "agent_tool_errors": sum(bool(s.name) and not s.ok for t in trajs for s in t.steps),
+               "agent_malformed_turns": sum(not s.name for t in trajs for s in t.steps),
                "agent_predictions": {k: sum(t.final_answer == k for t in trajs)
                                      for k in ("circle", "square", "triangle", "star")},
                "agent_trajectories": summary["trajectories"], "timings_s": timings,
@@ -219,6 +253,9 @@ def main() -> None:
     console.print(f"agent - best direct ({best_direct}): {details['agent_minus_best_direct']:+.3f}, paired bootstrap "
                   f"95% {details['agent_minus_best_direct_bootstrap95']}; chance 0.25; crop naming "
                   f"{details['crop_naming_accuracy']}; wall {details['wall_s']} s")
+    console.print(f"agent tool calls {details['agent_tool_calls']} (first turn: {details['agent_first_turn_tool_calls']}"
+                  f"/{n}), tool errors {details['agent_tool_errors']}, malformed turns {details['agent_malformed_turns']}, "
+                  f"predictions {details['agent_predictions']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
@@ -227,9 +264,13 @@ def main() -> None:
               f"{details['agent_minus_best_direct_bootstrap95']}; chance 0.25",
               f"- crop naming accuracy (held-out zoomed crops): {details['crop_naming_accuracy']}",
               f"- agent predictions: {details['agent_predictions']}; finish {details['agent_finish']}",
+              f"- agent tool calls {details['agent_tool_calls']} ({details['agent_first_turn_tool_calls']} episodes "
+              f"called in their first turn), tool errors {details['agent_tool_errors']}, malformed turns "
+              f"{details['agent_malformed_turns']}",
               f"- command: `{details['command']}`",
               f"- wall {details['wall_s']} s; loadavg start {load_start}, end {details['loadavg_end']}",
-              f"- train tasks {args.tasks}, steps {args.steps} (batch 8), perception {args.perception}, lr {args.lr}"]
+              f"- train tasks {args.tasks}, steps {args.steps} (batch 8), perception {args.perception}, lr {args.lr}, "
+              f"loss {args.loss}"]
         args.json.with_suffix(".md").write_text("\n".join(md) + "\n")
 
 

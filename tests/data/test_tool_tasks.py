@@ -9,6 +9,8 @@ from r1v.data.tool_tasks import (
     crop_box,
     expert_turns,
     generate_zoom_tasks,
+    look_cell,
+    look_tasks,
     make_zoom_task,
     perception_samples,
     render_zoom,
@@ -88,3 +90,18 @@ def test_perception_samples_name_the_zoomed_cells_shape():
     assert len({x.meta["cell"][0] * 3 + x.meta["cell"][1] for x in perception_samples(20, size=448)}) > 3
     with pytest.raises(DataError):
         perception_samples(-1)
+
+
+def test_look_tasks_ask_the_look_cell_of_the_same_scene_as_perception_samples():
+    tasks, looks = look_tasks(5, size=448), perception_samples(5, size=448)
+    for i, (task, look) in enumerate(zip(tasks, looks, strict=True)):
+        row, col = look_cell(i)
+        plain = make_zoom_task(i, size=448)
+        assert task.meta["scene"] == plain.meta["scene"] and task.meta["cell"] == [row, col] == look.meta["cell"]
+        assert CELL_NAMES[row][col] in task.messages[0].content and task.answer == look.answer
+        assert task.answer == plain.meta["scene"]["objects"][row * 3 + col]["kind"]
+        crop = task.images[0].crop(crop_box(448, row, col)).resize((224, 224))
+        assert np.array_equal(np.asarray(crop), np.asarray(look.images[0]))
+    assert len({tuple(t.meta["cell"]) for t in look_tasks(20, size=448)}) > 3
+    with pytest.raises(DataError):
+        make_zoom_task(0, size=448, cell=(3, 0))

@@ -7,12 +7,13 @@ import pytest
 from r1v.agent.loop import AgentTrajectory, ScriptedPolicy, ToolStep, run_episodes
 from r1v.agent.tools import default_registry
 from r1v.data.schema import Message, Sample
-from r1v.data.tool_tasks import expert_script, generate_zoom_tasks
+from r1v.data.tool_tasks import crop_box, expert_script, generate_zoom_tasks, look_tasks
 from r1v.recipes import load_stage_config, run_stage
 from r1v.recipes.agent_sft import (
     answer_matches,
     count_turns,
     filter_trajectories,
+    observation_perception_samples,
     rejection_reason,
     turn_mean_loss,
 )
@@ -46,6 +47,32 @@ def test_filters_on_real_flawed_expert_episodes(tmp_path):
     kept, rejected = filter_trajectories(trajs)
     assert [t.sample.id for t in kept] == [tasks[0].id]
     assert rejected == {"inconsistent_answer": 1, "tool_error": 1, "repeated_crop": 1}
+
+
+def test_observation_perception_samples_train_only_the_answer_after_the_crop(tmp_path):
+    pytest.importorskip("r1v.agent.sandbox")
+    import numpy as np
+    from PIL import Image
+
+    from r1v.model.build import build_preset
+    from r1v.processing.processor import IGNORE_INDEX, Processor
+
+    tasks = look_tasks(3, size=448)
+    got = observation_perception_samples(3, default_registry(), size=448, work_dir=tmp_path)
+    assert len(got) == 3
+    vlm = build_preset("tiny")
+    proc = Processor(vlm.tokenizer, vlm.spec)
+    for sample, task in zip(got, tasks, strict=True):
+        roles = [m.role for m in sample.messages]
+        assert roles == ["system", "user", "assistant", "user", "assistant"]
+        assert "<tool_call>" in sample.messages[2].content and sample.messages[3].content.startswith("<observation>")
+        assert sample.messages[-1].content.endswith(f"<answer>{task.answer}</answer>")
+        crop = task.images[0].crop(crop_box(448, *task.meta["cell"])).resize((224, 224))
+        assert len(sample.images) == 2
+        assert np.array_equal(np.asarray(Image.open(sample.images[1]).convert("RGB")), np.asarray(crop))
+        enc = proc.encode_for_training(sample)
+        target = vlm.tokenizer.decode(enc["input_ids"][enc["labels"] != IGNORE_INDEX].tolist())
+        assert f"<answer>{task.answer}</answer>" in target and "tool_call" not in target  # answer turn only
 
 
 def test_turn_mean_loss_weighs_every_turn_the_same():
@@ -95,3 +122,5 @@ def test_config_validation():
         load_stage_config("agent-sft", None, ["flaw_rate=2"])
     with pytest.raises(ConfigError):
         load_stage_config("agent-sft", None, ["perception=-1"])
+    with pytest.raises(ConfigError):
+        load_stage_config("agent-sft", None, ["perception_form=crops"])

@@ -12,10 +12,12 @@ the named cell (`cell_crop_code`: the program derives the box from the cell's na
 R1V4 trajectory filters: "wrong_cell" (crops the wrong cell and answers what is there), "bug" (code that
 raises in the sandbox), "recrop" (crops the wrong cell first, then the right one).
 
-`perception_samples(n)` are single-image shape-naming samples at zoom scale (the central half of one cell of
-a fresh train-split scene, zoomed to 224 px, asked "What shape is in the image?"): the perception data mixed
-into SFT next to the trajectories (both the agent's and, in the benchmark, the direct baseline's), so that
-naming a shape the model can see is not learned from the agent's answer turns alone.
+`look_tasks(n)` are perception data at zoom scale: train scene i asked about its own `look_cell(i)`.
+`perception_samples(n)` shows the same crops as plain single-image questions (the central half of the cell,
+zoomed to 224 px, "What shape is in the image?" -> the shape): the form for a model that answers directly.
+The agent recipe instead runs the expert on `look_tasks` and trains only the answer turn that follows the
+crop's observation, so naming a shape is learned where the agent perceives, never as "image + question ->
+answer at once" (which is the agent's first-turn context, where it must call the tool).
 
 Determinism: sample i of split s with seed b draws from its own RNG seeded by sha256("tool:b:s:i"); train
 and held-out streams never share a per-sample seed. `meta["scene"]` redraws the image (`render_zoom`).
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -54,23 +57,29 @@ def crop_box(size: int, row: int, col: int) -> tuple[int, int, int, int]:
     return x0, y0, round(x0 + cell / 2), round(y0 + cell / 2)
 
 
-def make_zoom_task(index: int, *, seed: int = 0, split: str = "train", size: int = DEFAULT_SIZE) -> Sample:
-    """One zoom task, fully determined by (index, seed, split, size)."""
+def make_zoom_task(index: int, *, seed: int = 0, split: str = "train", size: int = DEFAULT_SIZE,
+                   cell: tuple[int, int] | None = None) -> Sample:
+    """One zoom task, fully determined by (index, seed, split, size); `cell` (row, col) asks about that cell
+    of the same scene instead of the drawn one."""
     if split not in SPLITS:
         raise DataError(f"split must be one of {SPLITS}, got {split!r}", field="split")
     if size < 192:
         raise DataError(f"size must be at least 192 px, got {size}", field="size")
     rng = _rng(seed, split, index)
-    cell = size / 3
+    step = size / 3
     radius = max(4, round(size * 0.022))
     objects = []
     for r in range(3):
         for c in range(3):
-            jitter = cell * 0.06
+            jitter = step * 0.06
             objects.append({"kind": rng.choice(SHAPES), "colour": rng.choice(list(COLOURS)), "row": r, "col": c,
-                            "x": round((c + 0.5) * cell + rng.uniform(-jitter, jitter)),
-                            "y": round((r + 0.5) * cell + rng.uniform(-jitter, jitter)), "size": radius})
+                            "x": round((c + 0.5) * step + rng.uniform(-jitter, jitter)),
+                            "y": round((r + 0.5) * step + rng.uniform(-jitter, jitter)), "size": radius})
     row, col = rng.randrange(3), rng.randrange(3)
+    if cell is not None:
+        row, col = cell
+        if not (0 <= row < 3 and 0 <= col < 3):
+            raise DataError(f"cell must be (row, col) in 0..2, got {cell}", field="cell")
     target = objects[row * 3 + col]
     scene = {"size": size, "objects": objects, "noise_seed": rng.randrange(2**31)}
     question = (f"What shape is in the {CELL_NAMES[row][col]} part of the image? "
@@ -102,18 +111,33 @@ def render_zoom(scene: dict[str, Any]) -> Image.Image:
 LOOK_QUESTION = "What shape is in the image? Answer with one word: circle, square, triangle or star."
 
 
-def perception_samples(n: int, *, seed: int = 0, size: int = DEFAULT_SIZE) -> list[Sample]:
-    """n shape-naming samples at zoom scale, with their target turn (see the module docstring)."""
+def look_cell(index: int, *, seed: int = 0) -> tuple[int, int]:
+    """The cell perception sample `index` looks at (its own RNG stream, not the task's asked cell)."""
+    rng = _rng(seed, "look", index)
+    return rng.randrange(3), rng.randrange(3)
+
+
+def look_tasks(n: int, *, seed: int = 0, size: int = DEFAULT_SIZE) -> list[Sample]:
+    """The zoom tasks behind `perception_samples`: train scene i asked about `look_cell(i)`. The agent
+    recipe runs the expert on these and trains only the answer turn after the zoomed crop's observation,
+    so the same perception data sits where the agent perceives."""
     if n < 0:
         raise DataError(f"n must be >= 0, got {n}", field="n")
     out = []
     for i in range(n):
-        task = make_zoom_task(i, seed=seed, split="train", size=size)
-        rng = _rng(seed, "look", i)
-        row, col = rng.randrange(3), rng.randrange(3)
-        kind = task.meta["scene"]["objects"][row * 3 + col]["kind"]
+        task = make_zoom_task(i, seed=seed, split="train", size=size, cell=look_cell(i, seed=seed))
+        out.append(replace(task, id=f"look-s{seed}-{i}", meta={**task.meta, "task": "tool_look"}))
+    return out
+
+
+def perception_samples(n: int, *, seed: int = 0, size: int = DEFAULT_SIZE) -> list[Sample]:
+    """n shape-naming samples at zoom scale as plain questions with their target turn (see the module
+    docstring); the crops and shapes of `look_tasks(n)`."""
+    out = []
+    for task in look_tasks(n, seed=seed, size=size):
+        (row, col), kind = task.meta["cell"], task.answer
         image = task.images[0].crop(crop_box(size, row, col)).resize((ZOOM_TO, ZOOM_TO))
-        sample = Sample.from_question(f"look-s{seed}-{i}", LOOK_QUESTION, images=[image], answer=kind,
+        sample = Sample.from_question(task.id, LOOK_QUESTION, images=[image], answer=kind,
                                       task="tool_look", cell=[row, col])
         target = f"<think>\nThe image shows a {kind}.\n</think>\n<answer>{kind}</answer>"
         out.append(Sample(sample.id, [*sample.messages, Message("assistant", target)], sample.images, kind,

@@ -12,10 +12,17 @@
 3. SFT: each kept episode gives one sample per assistant turn (`AgentTrajectory.training_samples`);
    observations are user turns, so their tokens (text and images) have label -100 and only model turns
    are learned. Loss, batching and the loop are those of `r1v train sft`.
-   `perception` extra single-image shape-naming samples at zoom scale (`r1v.data.tool_tasks.perception_samples`)
-   are mixed in, as R1V4 mixes perception data with its trajectories. With `turn_mean_loss` (default) every
-   turn weighs the same in the loss (`turn_mean_loss`), so a ~180-token tool call does not drown the
-   ~20-token answer turn that reads the observation.
+   `perception` extra shape-naming samples at zoom scale are mixed in, as R1V4 mixes perception data with
+   its trajectories. `perception_form: observation` (default) puts them where the agent perceives: the
+   clean expert runs on `look_tasks` and only the answer turn after the crop's `<observation>` is trained
+   (`observation_perception_samples`). `plain` uses the single-image questions of `perception_samples`;
+   those are "image + question -> answer at once", the agent's FIRST-turn context, where it must call the
+   tool instead. The loss is token-level (as `r1v train sft`); `turn_mean_loss` weighs every turn the same,
+   which leaves the decisive tokens of the ~180-token tool-call turn (the thought's first word, `<tool_call>`
+   vs `<answer>`) ~1/180 of a turn's weight. Measured on smol (20 steps, plain perception, turn-mean loss):
+   the agent never called the tool; teacher-forced on held-out expert turns, p(<tool_call>) was 0.002
+   (p(<answer>) 0.996) and the first word was " zoom" 0.29 / " shapes" 0.28 / " image" 0.22 (the last
+   two from the answer turns and the plain perception samples).
 4. Optional held-out check (`eval_tasks`): agent-loop accuracy with the code tool before and after.
 
 `max_tiles` caps the tiles per image (1: the model sees every image as one 224 px tile, so the zoom tool is
@@ -38,7 +45,7 @@ from r1v.agent.loop import AgentTrajectory, ScriptedPolicy, default_params, run_
 from r1v.agent.tools import ToolRegistry, default_registry
 from r1v.config import to_dict
 from r1v.data.schema import Sample
-from r1v.data.tool_tasks import FLAWS, expert_script, generate_zoom_tasks, perception_samples
+from r1v.data.tool_tasks import FLAWS, expert_script, generate_zoom_tasks, look_tasks, perception_samples
 from r1v.errors import ConfigError
 from r1v.recipes.common import (
     BadSamples,
@@ -56,6 +63,7 @@ from r1v.train import TrainConfig, sft_objective, train
 from r1v.train.loop import IGNORE_INDEX, LossOutput, Objective, model_inputs
 
 _CROP = re.compile(r"\.crop\s*\(")
+PERCEPTION_FORMS = ("observation", "plain")
 
 
 @dataclass
@@ -74,8 +82,10 @@ class AgentSFTConfig:
     """Cap on tiles per image (None: the model's own setting)."""
     max_turns: int = 4
     perception: int = 0
-    """Single-image shape-naming samples at zoom scale mixed into the SFT data (0: trajectories only)."""
-    turn_mean_loss: bool = True
+    """Shape-naming samples at zoom scale mixed into the SFT data (0: trajectories only)."""
+    perception_form: str = "observation"
+    """observation: answer turns after the expert's crop observation; plain: single-image questions."""
+    turn_mean_loss: bool = False
     """Weigh every assistant turn the same in the loss (False: token-level mean, as `r1v train sft`)."""
     max_seq_len: int = 4096
     seed: int = 0
@@ -93,6 +103,8 @@ class AgentSFTConfig:
             raise ConfigError("max_tiles: must be >= 1 or null")
         if self.perception < 0:
             raise ConfigError(f"perception: must be >= 0, got {self.perception}")
+        if self.perception_form not in PERCEPTION_FORMS:
+            raise ConfigError(f"perception_form: must be one of {PERCEPTION_FORMS}, got {self.perception_form!r}")
         if self.max_turns < 1 or self.max_seq_len < 8 or self.eval_tasks < 0 or self.eval_max_new_tokens < 1:
             raise ConfigError("max_turns, max_seq_len, eval_tasks, eval_max_new_tokens: out of range")
         self.train.validate()
@@ -156,6 +168,22 @@ def expert_trajectories(tasks: Sequence[Sample], registry: ToolRegistry, *, roll
             samples.append(s)
     return run_episodes(ScriptedPolicy(expert_script(flaws)), samples, registry, max_turns=max_turns,
                         work_dir=work_dir)
+
+
+def observation_perception_samples(n: int, registry: ToolRegistry, *, seed: int = 0, size: int = 896,
+                                   work_dir: Path, max_turns: int = 4) -> list[Sample]:
+    """Perception data in the agent's protocol: the clean expert on `look_tasks(n)` (real sandbox crops),
+    one training sample per episode whose target is the answer turn after the zoomed crop's observation
+    (the tool-call turn is context only: `render_training` labels the last assistant turn alone)."""
+    tasks = look_tasks(n, seed=seed, size=size)
+    trajs = expert_trajectories(tasks, registry, rollouts=1, flaw_rate=0.0, seed=seed, work_dir=work_dir,
+                                max_turns=max_turns)
+    kept, _ = filter_trajectories(trajs)
+    out = []
+    for t in kept:
+        last = t.training_samples()[-1]
+        out.append(replace(last, id=f"{t.sample.id}#answer", meta={**last.meta, "task": "tool_look"}))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -238,10 +266,14 @@ def run(cfg: AgentSFTConfig, console: Console | None = None) -> dict:
                                 seed=cfg.seed, work_dir=out / "trajectories", max_turns=cfg.max_turns)
     kept, rejected = filter_trajectories(trajs)
     rows = [Row(s, "agent-trajectories", t.sample.id) for t in kept for s in t.training_samples()]
-    looks = perception_samples(cfg.perception, seed=cfg.seed, size=cfg.image_size)
+    if cfg.perception_form == "observation":
+        looks = observation_perception_samples(cfg.perception, registry, seed=cfg.seed, size=cfg.image_size,
+                                               work_dir=out / "perception", max_turns=cfg.max_turns)
+    else:
+        looks = perception_samples(cfg.perception, seed=cfg.seed, size=cfg.image_size)
     rows += [Row(s, "perception", s.id) for s in looks]
     console.print(f"agent-sft: {len(trajs)} expert episodes, kept {len(kept)}, rejected {dict(rejected)}; "
-                  f"{len(rows) - len(looks)} training turns + {len(looks)} perception samples")
+                  f"{len(rows) - len(looks)} training turns + {len(looks)} perception samples ({cfg.perception_form})")
 
     vlm, params = build_trainable(cfg.model, cfg.train.policy)
     vlm = with_max_tiles(vlm, cfg.max_tiles)
