@@ -8,7 +8,13 @@ import torch
 from PIL import Image
 
 from r1v.algos.losses import logprobs_and_entropy
-from r1v.algos.prefix import completion_hidden, completion_logits_shared, split_head
+from r1v.algos.prefix import (
+    completion_hidden,
+    completion_hidden_shared,
+    completion_logits_shared,
+    length_buckets,
+    split_head,
+)
 from r1v.data.schema import Sample
 from r1v.model.build import build_preset
 from r1v.processing.processor import Processor
@@ -150,3 +156,42 @@ def test_completion_hidden_declines_unknown_models(vlm) -> None:
                                      b["prompt_len"])
     assert hidden.shape == (*b["completion_ids"].shape, vlm.model.config.text_config.hidden_size)
     assert head is vlm.model.lm_head
+
+
+def test_length_buckets() -> None:
+    lengths = [64, 3, 60, 5, 4, 62]
+    assert length_buckets(lengths, overhead=16) == [[1, 4, 3], [2, 5, 0]]  # 3 * 5 + 3 * 64 + 2 * 16
+    assert length_buckets(lengths, overhead=10_000) == [[1, 4, 3, 2, 5, 0]]  # one call: never split
+    assert sorted(r for g in length_buckets(lengths, overhead=0) for r in g) == list(range(6))
+    assert length_buckets([], overhead=16) == []
+
+
+def test_length_groups_equal_the_full_head(vlm) -> None:
+    """Rows in groups of their own width (overhead 0: one group per length) give the full path's values
+    and gradients; the groups run only as wide as their longest completion."""
+    model = vlm.model.train()
+    batch = _batch(vlm)
+    widths: list[int] = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda mod, args, kw: widths.append(kw["input_ids"].shape[1] if kw.get("input_ids") is not None
+                                            else kw["inputs_embeds"].shape[1]), with_kwargs=True)
+
+    def grouped(model, b):
+        hidden = completion_hidden_shared(model, b["input_ids"], b["attention_mask"], b["position_ids"],
+                                          b["prompt_len"], bucket_overhead=0)
+        from r1v.algos.losses import head_logprobs_and_entropy
+
+        return head_logprobs_and_entropy(hidden, model.lm_head, b["completion_ids"], b["completion_mask"])
+
+    try:
+        logp, ent, grads = _stats_and_grads(model, grouped, batch)
+    finally:
+        hook.remove()
+    # the prompt block once, then groups of lengths {2}, {3}, {4} (the rows of length 1 need no call)
+    assert widths == [batch["prompt_len"], 1, 2, 3]
+    ref_logp, ref_ent, ref_grads = _stats_and_grads(model, _whole_stats, batch)
+    torch.testing.assert_close(logp, ref_logp, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ent, ref_ent, rtol=1e-4, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)

@@ -23,12 +23,14 @@ from __future__ import annotations
 import inspect
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from r1v.rollout.decode import distinct_rows
 
 __all__ = ["can_share_prompt", "completion_hidden", "completion_hidden_shared", "completion_logits_shared",
-           "split_head"]
+           "length_buckets", "split_head"]
 
 #: model classes whose forward computes `logits = lm_head(model(...)[0])` with nothing in between
 #: (no logit scaling or soft-capping), so `split_head` may take them apart.
@@ -101,14 +103,88 @@ def completion_logits_shared(model: nn.Module, input_ids: torch.Tensor, attentio
     return _shared(model, input_ids, attention_mask, position_ids, prompt_len, hidden=False)
 
 
+def length_buckets(lengths: list[int], overhead: int) -> list[list[int]]:
+    """Rows grouped by length so each group runs at its own width: rows sorted by length and cut where the
+    total `sum(rows * width) + overhead * groups` is least (dynamic programme; `overhead` is a forward
+    call's fixed cost in tokens). Returns row indices per group, shortest group first."""
+    order = sorted(range(len(lengths)), key=lambda r: lengths[r])
+    sl = [lengths[r] for r in order]
+    n = len(sl)
+    best, cut = [0] + [0] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        best[j], cut[j] = min((best[i] + (j - i) * sl[j - 1] + overhead, i) for i in range(j))
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def _plain_cache(cache: object) -> bool:
+    layers = getattr(cache, "layers", None)
+    return isinstance(cache, DynamicCache) and bool(layers) and all(type(x) is DynamicLayer for x in layers)
+
+
 def completion_hidden_shared(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                             position_ids: torch.Tensor, prompt_len: int) -> torch.Tensor | None:
-    """As `completion_logits_shared`, but the final hidden states `[N, C, H]` (before the LM head).
-    None also when the model cannot be split into backbone and head (`split_head`)."""
+                             position_ids: torch.Tensor, prompt_len: int,
+                             bucket_overhead: int | None = None) -> torch.Tensor | None:
+    """As `completion_logits_shared`, but the final hidden states `[N, C, H]` (before the LM head; 0 where
+    a row's completion has ended). None also when the model cannot be split (`split_head`).
+
+    Completion rows run in groups of similar length (`length_buckets`), each only as wide as its longest
+    completion, on its rows' copy of the prompt cache, so right padding costs (almost) no compute.
+    `bucket_overhead` (tokens a group must save to pay for its forward call: mostly the weight-gradient
+    accumulation of one more call) defaults to 32 on CPU and
+    256 on accelerators; a cache type other than HF's plain `DynamicCache` runs all rows as one group.
+    """
     parts = split_head(model)
     if parts is None or not can_share_prompt(model):
         return None
-    return _shared(parts[0], input_ids, attention_mask, position_ids, prompt_len, hidden=True)
+    backbone = parts[0]
+    n, c = input_ids.shape[0], input_ids.shape[1] - prompt_len
+    if c < 1:
+        return None
+    groups = distinct_rows(input_ids[:, :prompt_len], attention_mask[:, :prompt_len])
+    if groups is None:
+        return None
+    first, inverse = groups
+    # one embedding lookup for prompts and completions: each backbone call's own lookup would cost a dense
+    # [V, H] gradient (zero-fill plus accumulation) in backward
+    u, h = first.shape[0], backbone.get_input_embeddings().weight.shape[1]
+    flat = torch.cat([input_ids[first, :prompt_len].reshape(-1), input_ids[:, prompt_len:-1].reshape(-1)])
+    embeds = backbone.get_input_embeddings()(flat)  # [U*P + N*(C-1), H]
+    prompt_embeds = embeds[:u * prompt_len].view(u, prompt_len, h)
+    comp_embeds = embeds[u * prompt_len:].view(n, c - 1, h)
+    out = backbone(inputs_embeds=prompt_embeds, attention_mask=attention_mask[first, :prompt_len],
+                   position_ids=position_ids[first, :prompt_len], use_cache=True)
+    head_first = out.last_hidden_state[:, -1:].index_select(0, inverse)  # [N, 1, H]: predicts the first token
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if c == 1:
+        return head_first
+    if cache is None or not _plain_cache(cache):
+        return _shared(backbone, input_ids, attention_mask, position_ids, prompt_len, hidden=True)
+    if bucket_overhead is None:
+        bucket_overhead = 32 if input_ids.device.type == "cpu" else 256
+    lengths = attention_mask[:, prompt_len:].sum(1).clamp(min=1).tolist()  # completion tokens per row
+    pieces, order = [], []
+    for rows in length_buckets(lengths, bucket_overhead):
+        idx = torch.tensor(rows, device=input_ids.device)
+        w = max(lengths[r] for r in rows)  # this group's width; its last token predicts nothing
+        piece = head_first.index_select(0, idx)  # [n, 1, H]
+        if w > 1:
+            src = inverse.index_select(0, idx)
+            sub = DynamicCache(ddp_cache_data=[(x.keys.index_select(0, src), x.values.index_select(0, src))
+                                               for x in cache.layers])  # differentiable copies
+            rest = backbone(inputs_embeds=comp_embeds[idx, :w - 1],
+                            attention_mask=attention_mask[idx, :prompt_len + w - 1],
+                            position_ids=position_ids[idx, prompt_len:prompt_len + w - 1],
+                            **{_cache_kwarg(backbone): sub}, use_cache=False).last_hidden_state  # [n, w-1, H]
+            piece = torch.cat([piece, rest], dim=1)  # [n, w, H]
+        pieces.append(F.pad(piece, (0, 0, 0, c - w)))  # [n, C, H]
+        order.extend(rows)
+    restore = torch.empty(n, dtype=torch.long)
+    restore[torch.tensor(order)] = torch.arange(n)
+    return torch.cat(pieces).index_select(0, restore.to(input_ids.device))  # [N, C, H]
 
 
 def completion_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
