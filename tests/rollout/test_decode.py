@@ -244,53 +244,6 @@ def test_packed_linears_give_the_same_outputs_and_are_removed_after() -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_sibling_linears_equal_the_separate_products() -> None:
-    from r1v.rollout.decode import can_pack, packed_linears
-
-    class Block(torch.nn.Module):
-        def __init__(self, bias: bool) -> None:
-            super().__init__()
-            self.q_proj, self.k_proj = torch.nn.Linear(8, 12, bias=bias), torch.nn.Linear(8, 4, bias=bias)
-            self.v_proj = torch.nn.Linear(8, 4, bias=bias)
-            self.gate_proj, self.up_proj = torch.nn.Linear(8, 16, bias=False), torch.nn.Linear(8, 16, bias=False)
-
-        def forward(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-            return [self.q_proj(x), self.k_proj(x), self.v_proj(y), self.q_proj(y), self.gate_proj(x),
-                    self.up_proj(x)]
-
-    torch.manual_seed(6)
-    for bias in (True, False):
-        net = Block(bias)
-        x, y = torch.randn(6, 1, 8), torch.randn(6, 1, 8)
-        want = net(x, y)
-        with torch.no_grad(), packed_linears([net], batch=6) as n:
-            got = net(x, y)
-            fused = net.q_proj.forward.func.__self__ if can_pack(x) else None
-        assert n == (5 if can_pack(x) else 0)
-        assert fused is None or fused.weight.shape == (20, 8)
-        assert not any("forward" in vars(m) for m in net.modules())
-        for g, w in zip(got, want, strict=True):
-            assert g.shape == w.shape
-            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
-
-
-def test_grouped_query_attention_equals_sdpa_with_repeated_heads() -> None:
-    from r1v.rollout.decode import grouped_query_attention
-
-    torch.manual_seed(8)
-    q, k, v = torch.randn(3, 6, 1, 4), torch.randn(3, 2, 7, 4), torch.randn(3, 2, 7, 4)
-    add = torch.zeros(3, 1, 1, 9)
-    add[0, ..., :2] = torch.finfo(torch.float32).min  # a left-padded row; the mask is wider than the keys
-    rep = {"dim": 1, "repeats": 3}
-    for mask in (None, add, add == 0):
-        want = torch.nn.functional.scaled_dot_product_attention(
-            q, k.repeat_interleave(**rep), v.repeat_interleave(**rep), scale=0.3,
-            attn_mask=None if mask is None else mask[..., :7]).transpose(1, 2)
-        got, weights = grouped_query_attention(None, q, k, v, mask, scaling=0.3)
-        assert got.shape == (3, 1, 6, 4) and weights is None
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-
-
 def test_packed_and_plain_decode_agree(tiny) -> None:
     ids = torch.tensor([[0, 5, 6, 7], [9, 8, 7, 6], [3, 4, 5, 6]])
     mask = (ids != 0).long()
@@ -300,15 +253,3 @@ def test_packed_and_plain_decode_agree(tiny) -> None:
                return_logprobs=True, pack_weights=False)
     assert torch.equal(a.tokens, b.tokens)
     torch.testing.assert_close(a.logprobs, b.logprobs, rtol=1e-4, atol=1e-4)
-    from r1v.rollout.decode import DECODE_ATTENTION, decode_attention, model_parts
-
-    lm = model_parts(tiny.model)[0]
-    before = lm.config._attn_implementation
-    with decode_attention(lm) as switched:
-        assert switched == (before in ("sdpa", "eager"))
-        assert lm.config._attn_implementation == (DECODE_ATTENTION if switched else before)
-    assert lm.config._attn_implementation == before
-    c = decode(tiny.model, ids, mask, max_new_tokens=8, stop_ids=[], pad_id=0, sample=False,
-               return_logprobs=True, grouped_attention=False)
-    assert torch.equal(a.tokens, c.tokens)
-    torch.testing.assert_close(a.logprobs, c.logprobs, rtol=1e-4, atol=1e-4)

@@ -15,10 +15,7 @@ per-step cost fixed and small:
 - only the last position goes through the LM head (logits [B, V], never [B, T, V]);
 - float32 on CPU: every `nn.Linear` of the body and the head multiplies with a weight pre-packed by MKL's
   GEMM packing for the whole call (`packed_linears`; one pass over the weights, ~0.4 s for 135M
-  parameters, then the skinny [B, D] x [D, N] products of a decode step run ~1.2-2x faster); q/k/v and
-  gate/up, which read the same input, share one stacked packed weight (one GEMM call each);
-- decode steps run attention in GQA's grouped form (`grouped_query_attention`: no per-query-head copies
-  of the cached keys/values, which transformers' SDPA path makes when it is given a mask on CPU);
+  parameters, then the skinny [B, D] x [D, N] products of a decode step run ~1.2-2x faster);
 - generated ids live in a pre-allocated [B, max_new_tokens] tensor; the repetition penalty reads a
   pre-allocated [B, P + max_new_tokens] tensor of the ids seen so far (one column written per step) and
   touches only those entries;
@@ -36,12 +33,10 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from r1v.errors import ModelError
 
@@ -196,59 +191,14 @@ def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, packed: torc
     return torch.ops.mkl._mkl_linear(x, packed, weight, bias, batch)
 
 
-#: sibling projections of one module that read the same input: packed and multiplied as one weight
-FUSED_SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-
-
-class _FusedLinears:
-    """Sibling linears that read the same input (q/k/v, gate/up) on one MKL-packed stacked weight.
-
-    The first member called with a new input runs one matmul for all of them and keeps the result; each
-    member returns its own column slice of it (the same math as the separate products, one GEMM call)."""
-
-    def __init__(self, lins: Sequence[torch.nn.Linear], batch: int) -> None:
-        self.weight = torch.cat([lin.weight.detach() for lin in lins])
-        biases = [lin.bias for lin in lins]
-        self.bias = torch.cat([b.detach() for b in biases]) if biases[0] is not None else None
-        self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, batch)
-        self.batch = batch
-        ends = torch.tensor([lin.out_features for lin in lins]).cumsum(0).tolist()
-        self.spans = list(zip([0, *ends[:-1]], ends, strict=True))
-        self.x: torch.Tensor | None = None
-        self.y: torch.Tensor | None = None
-
-    def member(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        if x is not self.x:  # holding `x` keeps its identity unique until the next input
-            self.x = x
-            self.y = torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, self.batch)
-        start, end = self.spans[i]
-        return self.y[..., start:end]
-
-
-def _fusable(lins: Sequence[object]) -> bool:
-    return (all(type(lin) is torch.nn.Linear and can_pack(lin.weight) and "forward" not in vars(lin)
-                for lin in lins)
-            and len({lin.in_features for lin in lins}) == 1 and len({lin.bias is None for lin in lins}) == 1)
-
-
 @contextmanager
-def packed_linears(modules: Iterable[torch.nn.Module], batch: int, fuse: bool = True) -> Iterator[int]:
+def packed_linears(modules: Iterable[torch.nn.Module], batch: int) -> Iterator[int]:
     """Inside the block, each float32 CPU `nn.Linear` under `modules` runs on an MKL-packed copy of its
     weight (inference only: the copy does not follow later weight updates, and no gradient flows through
-    it). With `fuse`, sibling projections that read the same input (`FUSED_SIBLINGS`: q/k/v, gate/up)
-    share one packed stacked weight and one matmul per input (`_FusedLinears`). Yields how many layers
-    were packed; the layers' own `forward` is back on exit."""
+    it). Yields how many layers were packed; the layers' own `forward` is back on exit."""
     patched: list[torch.nn.Linear] = []
     try:
         for mod in modules:
-            for sub in mod.modules() if fuse else ():
-                for names in FUSED_SIBLINGS:
-                    lins = [getattr(sub, n, None) for n in names]
-                    if _fusable(lins):
-                        group = _FusedLinears(lins, batch)
-                        for i, lin in enumerate(lins):
-                            lin.forward = functools.partial(group.member, i)
-                            patched.append(lin)
             for lin in mod.modules():
                 if type(lin) is torch.nn.Linear and can_pack(lin.weight) and "forward" not in vars(lin):
                     w = lin.weight.detach()
@@ -262,53 +212,6 @@ def packed_linears(modules: Iterable[torch.nn.Module], batch: int, fuse: bool = 
             del lin.forward
 
 
-#: the name under which `grouped_query_attention` is registered with transformers' attention functions
-DECODE_ATTENTION = "r1v_grouped_query"
-
-
-def grouped_query_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            attention_mask: torch.Tensor | None, scaling: float | None = None,
-                            dropout: float = 0.0, **kwargs) -> tuple[torch.Tensor, None]:
-    """Attention of one query position per row (a decode step) in the grouped form of GQA.
-
-    query [B, H, 1, D], key/value [B, H_kv, L, D]: the G = H / H_kv query heads sharing a key/value head
-    are multiplied as one [G, D] x [D, L] product per (row, kv head), softmax(q k^T * scaling + mask) v,
-    instead of copying keys and values once per query head (transformers' SDPA path with a mask on CPU,
-    ~2-3x slower at this size). Returns [B, 1, H, D] as transformers' attention functions do; any other
-    shape (or dropout) goes to transformers' SDPA function.
-    """
-    b, h, t, d = query.shape
-    kv = key.shape[1]
-    if t != 1 or dropout or h % kv:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
-    scores = (query.view(b, kv, h // kv, d) @ key.transpose(-1, -2)) * (d ** -0.5 if scaling is None else scaling)
-    if attention_mask is not None:  # [B, 1, 1, >= L]
-        mask = attention_mask[..., : key.shape[-2]]
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    out = scores.softmax(-1) @ value  # [B, H_kv, G, D]
-    return out.view(b, h, 1, d).transpose(1, 2), None
-
-
-AttentionInterface.register(DECODE_ATTENTION, grouped_query_attention)
-
-
-@contextmanager
-def decode_attention(lm: torch.nn.Module) -> Iterator[bool]:
-    """Inside the block, `lm`'s attention layers (sdpa or eager: the same math) run
-    `grouped_query_attention`; yields whether it was switched. The implementation is back on exit."""
-    config = lm.config
-    before = config._attn_implementation
-    switch = before in ("sdpa", "eager")
-    if switch:
-        config._attn_implementation = DECODE_ATTENTION
-    try:
-        yield switch
-    finally:
-        if switch:
-            config._attn_implementation = before
-
-
 @torch.no_grad()
 def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
            max_new_tokens: int, stop_ids: Sequence[int], pad_id: int,
@@ -317,7 +220,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
            min_new_tokens: int = 0, return_logprobs: bool = False,
            on_token: Callable[[torch.Tensor], None] | None = None,
            stop_check: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
-           pack_weights: bool = True, grouped_attention: bool = True) -> DecodeOutput:
+           pack_weights: bool = True) -> DecodeOutput:
     """Generate up to `max_new_tokens` per row of a LEFT-padded prompt batch.
 
     - transforms: `fn(state, scores [B, V] float32) -> scores`, applied in order after `min_new_tokens`'
@@ -326,7 +229,6 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     - on_token(tokens [B]): called after each step with the tokens chosen (pad for finished rows).
     - stop_check(tokens, steps, active) -> [B] bool: extra stop rule (e.g. stop strings) run after each step.
     - pack_weights: run the body's and head's float32 CPU linears on MKL-packed weights (`packed_linears`).
-    - grouped_attention: decode steps (after the prefill) use `grouped_query_attention` (`decode_attention`).
     The loop ends when every row has produced a stop id / met `stop_check`, or after `max_new_tokens`.
     """
     lm, head, mm = model_parts(model)
@@ -357,8 +259,8 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
 
     was_training = model.training
     model.eval()
-    stack = ExitStack()
-    stack.enter_context(packed_linears([lm, head] if pack_weights else [], b))
+    packing = packed_linears([lm, head] if pack_weights else [], b)
+    packing.__enter__()
     try:
         kwargs = {"pixel_values": pixel_values} if body is mm else {}
         kwargs[_cache_kwarg(body)] = cache
@@ -369,8 +271,6 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
             hidden = hidden.index_select(0, groups[1])
         cache.advance(p)
         step_kwargs = {_cache_kwarg(lm): cache, "use_cache": True}
-        if grouped_attention:
-            stack.enter_context(decode_attention(lm))
         rows: torch.Tensor | None = None  # cache row -> batch row once finished rows left the cache
         for t in range(max_new_tokens):
             scores = head(hidden[:, -1]).float()  # [A, V], A = rows still in the cache
@@ -418,7 +318,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
                         position_ids=(prompt_lens + t)[:, None], **step_kwargs).last_hidden_state
             cache.advance(1)
     finally:
-        stack.close()
+        packing.__exit__(None, None, None)
         model.train(was_training)
     if logprobs is not None:
         steps = torch.arange(logprobs.shape[1], device=device)
