@@ -2,10 +2,12 @@
 
     python benchmarks/align_probe.py --data qa --steps 40 --lr 2e-3 [--threads 1] [--json PATH]
     python benchmarks/align_probe.py --data captions --steps 40 --lr 3e-4
+    python benchmarks/align_probe.py --data short --policy connector+llm --steps 120 --lr 1e-4
 
 Builds the `smol` VLM (SmolLM2-135M-Instruct + the cached tower, fresh connector), trains ONLY the connector
-(AdamW, batch 8, constant lr) on 256 rendered train tasks, either as the demo's QA chains (`qa`) or as dense
-captions of the scene (`captions`: "There are 2 red squares, 1 blue triangle."), and logs the loss and the
+(AdamW, batch 8, constant lr; `--policy connector+llm` trains the LLM too) on 256 rendered train tasks, as
+the demo's QA chains (`qa`), as dense captions of the scene (`captions`: "There are 2 red squares, 1 blue
+triangle."), or as the question with a one-word answer (`short`), and logs the loss and the
 mean norm of the image tokens the connector emits (text embeddings have ~3.2).
 
 Then it scores held-out difficulty-1 `compare` and `count` tasks without generation: the answer is the
@@ -44,6 +46,12 @@ def caption(task) -> str:
     return ("There is " if sum(counts.values()) == 1 else "There are ") + ", ".join(parts) + "."
 
 
+def short_question(task) -> str:
+    """The task's question asking for a one-word answer (count-like families: a number)."""
+    q = task.question.replace("<image>", "").strip()
+    return q if task.meta["family"] == "compare" else q + " Answer with a number."
+
+
 def main() -> int:
     from r1v.data.schema import Message, Sample
     from r1v.data.synthetic import generate_tasks
@@ -54,7 +62,8 @@ def main() -> int:
     from r1v.train.loop import count_label_tokens, sft_loss
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", choices=("qa", "captions"), default="qa")
+    ap.add_argument("--data", choices=("qa", "captions", "short"), default="qa")
+    ap.add_argument("--policy", default="connector", help="trainable parts (r1v policies), e.g. connector+llm")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--eval", type=int, default=200, help="held-out items (half compare, half count)")
@@ -66,9 +75,13 @@ def main() -> int:
     torch.manual_seed(0)
     vlm = load_vlm("smol")
     proc, tok, model = Processor(vlm.tokenizer, vlm.spec), vlm.tokenizer, vlm.model
-    apply_trainable(vlm, "connector")
+    apply_trainable(vlm, args.policy)
     if args.data == "qa":
         rows = [r.sample for r in rendered_rows(256, seed=0, split="train", unanswerable_ratio=0.0)]
+    elif args.data == "short":
+        tasks = generate_tasks(256, seed=0, split="train", image_size=112, unanswerable_ratio=0.0)
+        rows = [Sample(id=t.id, messages=[Message("user", "<image>\n" + short_question(t)),
+                                          Message("assistant", t.answer)], images=t.images) for t in tasks]
     else:
         tasks = generate_tasks(256, seed=0, split="train", image_size=112, unanswerable_ratio=0.0)
         rows = [Sample(id=t.id, messages=[Message("user", "<image>\nDescribe the image."),
@@ -106,10 +119,9 @@ def main() -> int:
             chunk = held[i:i + 20]
             prompts, candidates = [], []
             for t in chunk:
-                count = t.meta["family"] == "count"
-                q = t.question.replace("<image>", "").strip() + (" Answer with a number." if count else "")
-                prompts.append(Sample(id=t.id, messages=[Message("user", "<image>\n" + q)], images=t.images))
-                candidates.append([str(k) for k in range(6)] if count else t.meta["target"]["colours"])
+                prompts.append(Sample(id=t.id, messages=[Message("user", "<image>\n" + short_question(t))],
+                                      images=t.images))
+                candidates.append([str(k) for k in range(6)] if t.meta["family"] == "count" else t.meta["target"]["colours"])
             b = proc.encode_batch_prompts(prompts, think=False)
             last = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                          pixel_values=b["pixel_values"], logits_to_keep=1).logits[:, -1].float()  # [n, V]
@@ -117,7 +129,7 @@ def main() -> int:
                 first = [tok.encode(c)[0] for c in cands]
                 right[t.meta["family"]].append(cands[int(logits[first].argmax())] == t.answer)
     scores = {k: round(sum(v) / len(v), 3) for k, v in sorted(right.items())}
-    print(f"{args.data} steps {args.steps} lr {args.lr}: held-out first-token accuracy {scores} "
+    print(f"{args.data} {args.policy} steps {args.steps} lr {args.lr}: held-out first-token accuracy {scores} "
           f"(chance: compare 0.5, count ~0.2); image-token norm {image_norm()}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
