@@ -195,3 +195,35 @@ def test_length_groups_equal_the_full_head(vlm) -> None:
     assert grads.keys() == ref_grads.keys()
     for name in ref_grads:
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_a_cache_without_plain_layers_runs_one_group_on_the_prompt_forward(vlm, monkeypatch) -> None:
+    """A cache type the length groups cannot copy runs every row at full width on the prompt forward
+    already made (the prompt block runs once), with the full path's values and gradients."""
+    from r1v.algos import prefix
+    from r1v.algos.losses import head_logprobs_and_entropy
+
+    monkeypatch.setattr(prefix, "_plain_cache", lambda cache: False)
+    model = vlm.model.train()
+    batch = _batch(vlm)
+    widths: list[int] = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda mod, args, kw: widths.append(kw["inputs_embeds"].shape[1]), with_kwargs=True)
+
+    def one_group(model, b):
+        hidden = completion_hidden_shared(model, b["input_ids"], b["attention_mask"], b["position_ids"],
+                                          b["prompt_len"], bucket_overhead=0)
+        return head_logprobs_and_entropy(hidden, model.lm_head, b["completion_ids"], b["completion_mask"])
+
+    try:
+        logp, ent, grads = _stats_and_grads(model, one_group, batch)
+    finally:
+        hook.remove()
+    width = batch["completion_ids"].shape[1]
+    assert widths == [batch["prompt_len"], width - 1]
+    ref_logp, ref_ent, ref_grads = _stats_and_grads(model, _whole_stats, batch)
+    torch.testing.assert_close(logp, ref_logp, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ent, ref_ent, rtol=1e-4, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)

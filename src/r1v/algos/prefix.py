@@ -62,36 +62,6 @@ def _cache_kwarg(model: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _shared(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-            prompt_len: int, hidden: bool) -> torch.Tensor | None:
-    """`[N, C, V]` logits (`hidden=False`, `model` a causal LM) or `[N, C, H]` final hidden states
-    (`hidden=True`, `model` its backbone) at the positions predicting each completion token."""
-    c = input_ids.shape[1] - prompt_len
-    if c < 1 or not can_share_prompt(model):
-        return None
-    groups = distinct_rows(input_ids[:, :prompt_len], attention_mask[:, :prompt_len])
-    if groups is None:
-        return None
-    first, inverse = groups
-    keep = {} if hidden else {"logits_to_keep": 1}
-    out = model(input_ids=input_ids[first, :prompt_len], attention_mask=attention_mask[first, :prompt_len],
-                position_ids=position_ids[first, :prompt_len], use_cache=True, **keep)
-    last = out.last_hidden_state[:, -1:] if hidden else out.logits  # [U, 1, H or V]
-    head_first = last.index_select(0, inverse)  # [N, 1, .]: predicts each completion's first token
-    if c == 1:
-        return head_first
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    if cache is None:
-        return None
-    cache.reorder_cache(inverse)  # [U, ...] -> [N, ...], differentiable index_select
-    # the last completion token predicts nothing: it is not fed
-    keep = {} if hidden else {"logits_to_keep": c - 1}
-    rest = model(input_ids=input_ids[:, prompt_len:-1], attention_mask=attention_mask[:, :-1],
-                 position_ids=position_ids[:, prompt_len:-1], **{_cache_kwarg(model): cache}, use_cache=False,
-                 **keep)
-    return torch.cat([head_first, rest.last_hidden_state if hidden else rest.logits], dim=1)  # [N, C, .]
-
-
 def completion_logits_shared(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                              position_ids: torch.Tensor, prompt_len: int) -> torch.Tensor | None:
     """Logits predicting each completion token `[N, C, V]`, each distinct prompt computed once.
@@ -100,7 +70,27 @@ def completion_logits_shared(model: nn.Module, input_ids: torch.Tensor, attentio
     columns) followed by right-padded completions. Returns None when every prompt differs (no saving)
     or the model cannot share (`can_share_prompt`); the caller then runs whole rows.
     """
-    return _shared(model, input_ids, attention_mask, position_ids, prompt_len, hidden=False)
+    c = input_ids.shape[1] - prompt_len
+    if c < 1 or not can_share_prompt(model):
+        return None
+    groups = distinct_rows(input_ids[:, :prompt_len], attention_mask[:, :prompt_len])
+    if groups is None:
+        return None
+    first, inverse = groups
+    out = model(input_ids=input_ids[first, :prompt_len], attention_mask=attention_mask[first, :prompt_len],
+                position_ids=position_ids[first, :prompt_len], use_cache=True, logits_to_keep=1)
+    head_first = out.logits.index_select(0, inverse)  # [N, 1, V]: predicts each completion's first token
+    if c == 1:
+        return head_first
+    cache = getattr(out, "cache", None) or out.past_key_values
+    if cache is None:
+        return None
+    cache.reorder_cache(inverse)  # [U, ...] -> [N, ...], differentiable index_select
+    # the last completion token predicts nothing: it is not fed
+    rest = model(input_ids=input_ids[:, prompt_len:-1], attention_mask=attention_mask[:, :-1],
+                 position_ids=position_ids[:, prompt_len:-1], **{_cache_kwarg(model): cache}, use_cache=False,
+                 logits_to_keep=c - 1).logits  # [N, C-1, V]
+    return torch.cat([head_first, rest], dim=1)
 
 
 def length_buckets(lengths: list[int], overhead: int) -> list[list[int]]:
@@ -158,11 +148,17 @@ def completion_hidden_shared(model: nn.Module, input_ids: torch.Tensor, attentio
     out = backbone(inputs_embeds=prompt_embeds, attention_mask=attention_mask[first, :prompt_len],
                    position_ids=position_ids[first, :prompt_len], use_cache=True)
     head_first = out.last_hidden_state[:, -1:].index_select(0, inverse)  # [N, 1, H]: predicts the first token
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     if c == 1:
         return head_first
-    if cache is None or not _plain_cache(cache):
-        return _shared(backbone, input_ids, attention_mask, position_ids, prompt_len, hidden=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if cache is None:
+        return None
+    if not _plain_cache(cache):  # one group: every row on its copy of the prompt cache, full width
+        cache.reorder_cache(inverse)  # [U, ...] -> [N, ...], differentiable index_select
+        rest = backbone(inputs_embeds=comp_embeds, attention_mask=attention_mask[:, :-1],
+                        position_ids=position_ids[:, prompt_len:-1], **{_cache_kwarg(backbone): cache},
+                        use_cache=False).last_hidden_state  # [N, C-1, H]
+        return torch.cat([head_first, rest], dim=1)
     if bucket_overhead is None:
         bucket_overhead = 32 if input_ids.device.type == "cpu" else 256
     lengths = attention_mask[:, prompt_len:].sum(1).clamp(min=1).tolist()  # completion tokens per row
