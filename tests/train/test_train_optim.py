@@ -30,6 +30,24 @@ def test_groups_skip_frozen_and_exempt_norms_and_biases() -> None:
     assert len(names) == sum(p.requires_grad for p in model.parameters())
 
 
+def test_connector_lr_gives_the_projector_its_own_groups_and_the_schedule_scales_both() -> None:
+    from r1v.model.build import build_preset
+
+    model = build_preset("tiny").model
+    cfg = TrainConfig(lr=1e-4, connector_lr=2e-3, policy="full", warmup_ratio=0.0, schedule="linear")
+    opt = build_optimizer(model, cfg)
+    lrs = {n: g["lr"] for g in opt.param_groups for n in g["names"]}
+    assert {lr for n, lr in lrs.items() if "multi_modal_projector." in n} == {2e-3}
+    assert {lr for n, lr in lrs.items() if "multi_modal_projector." not in n} == {1e-4}
+    assert len(lrs) == sum(p.requires_grad for p in model.parameters())
+    sched = build_scheduler(opt, cfg, 4)
+    opt.step()
+    sched.step()
+    assert sorted({round(g["lr"], 8) for g in opt.param_groups}) == [7.5e-5, 1.5e-3]
+    with pytest.raises(ConfigError, match="connector_lr"):
+        TrainConfig(connector_lr=0.0).validate()
+
+
 def test_frozen_parameters_carry_no_gradient_or_optimizer_state() -> None:
     model = tiny_model()
     frozen = list(model.model.layers[0].parameters()) + [model.model.embed_tokens.weight]

@@ -23,6 +23,9 @@ class TrainConfig:
 
     lr: float = 1e-4
     """Peak learning rate (after warmup)."""
+    connector_lr: float | None = None
+    """Peak learning rate of the connector (the MLP projector), like LLaVA's `mm_projector_lr`; None:
+    `lr`. A young connector needs a larger lr than the pretrained LLM training beside it."""
     weight_decay: float = 0.05
     """AdamW decoupled weight decay; never applied to norms or biases."""
     adam_beta1: float = 0.9
@@ -67,6 +70,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.connector_lr is not None and self.connector_lr <= 0:
+            raise ConfigError(f"connector_lr: must be > 0 or null, got {self.connector_lr}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
         if not 0 <= self.warmup_ratio < 1:
