@@ -10,7 +10,7 @@ import pytest
 from r1v.config import load_config
 from r1v.errors import ConfigError
 from r1v.recipes import load_stage_config
-from r1v.recipes.demo_data import chain, rendered_rows, text_rows
+from r1v.recipes.demo_data import chain, rendered_rows, short_rows, text_rows
 from r1v.recipes.pipeline import PipelineConfig, deep_merge, run, scaled, step_config
 from r1v.recipes.pipeline_report import verdicts
 
@@ -23,7 +23,7 @@ def test_deep_merge_and_scale_cascade() -> None:
     sft = next(s for s in cfg.steps if s.name == "sft")
     full, quick = step_config(cfg, sft, "micro"), step_config(cfg, sft, "quick")
     tiny = step_config(cfg, sft, "tiny")
-    assert (full.train.max_steps, quick.train.max_steps, tiny.train.max_steps) == (16, 6, 2)
+    assert (full.train.max_steps, quick.train.max_steps, tiny.train.max_steps) == (60, 6, 2)
     assert tiny.train.micro_batch_size == 4 and quick.train.micro_batch_size == 8  # tiny cascades onto quick
     assert str(tiny.train.out_dir).endswith("demo/sft") and tiny.data.endswith("data/train.jsonl")
     small = scaled(load_config(PipelineConfig, CONFIGS / "demo.yaml", ["scale=tiny"]))
@@ -75,6 +75,19 @@ def test_worked_chains_agree_with_the_gold_answers() -> None:
         assert f"= {r.sample.answer}." in r.sample.messages[-1].content
 
 
+def test_short_answer_alignment_rows_answer_in_one_word_without_thinking() -> None:
+    rows = short_rows(40, seed=3)
+    chains = {json.dumps(r.sample.meta["scene"], sort_keys=True) for r in rendered_rows(40, seed=3)}
+    assert {r.sample.meta["family"] for r in rows} == {"count", "arith", "digit", "bar", "compare"}
+    for r in rows:
+        question, answer = r.sample.messages[0].content, r.sample.messages[-1].content
+        assert answer == r.sample.answer and " " not in answer and "<think>" not in answer
+        assert question.startswith("<image>\n")
+        assert question.endswith("Answer with its colour." if r.sample.meta["family"] == "compare"
+                                 else "Answer with one word.")
+    assert chains.isdisjoint(json.dumps(r.sample.meta["scene"], sort_keys=True) for r in rows)  # own stream
+
+
 def test_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
     cfg = load_config(PipelineConfig, CONFIGS / "demo.yaml", [f"out_dir={tmp_path}", "scale=tiny"])
     report = run(cfg)
@@ -90,7 +103,8 @@ def test_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert [s["name"] for s in on_disk["stages"]] == names and on_disk["verdicts"]
     for name in ("report.md", "report.html", "plots/accuracy_by_stage.png", "plots/reward_curve.png",
-                 "plots/effective_ratio.png", "data/train.jsonl", "data/heldout.jsonl", "data/text.jsonl"):
+                 "plots/effective_ratio.png", "data/train.jsonl", "data/heldout.jsonl", "data/text.jsonl",
+                 "data/align.jsonl"):
         assert (tmp_path / name).stat().st_size > 0, name
     # hand-offs through the named folders: each step started from the previous step's final model
     summary = {n: json.loads((tmp_path / n / "summary.json").read_text())

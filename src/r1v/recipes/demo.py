@@ -33,7 +33,8 @@ def demo_config_path() -> Path:
     return DEMO_CONFIG
 
 
-def prepare_parts(console: Console, *, seed: int = 0, tower_steps: int = 150) -> dict[str, Path]:
+def prepare_parts(console: Console, *, seed: int = 0, tower_steps: int = 800,
+                  tower_images: int = 6000) -> dict[str, Path]:
     """SmolLM2 folder and the vision tower (pretrained on easy-VQA + rendered tasks, full deterministic
     schedule, when the cached one lacks the rendered source); both cached, so later runs reuse them."""
     from r1v.assets import pretrain_vision_tower, smollm2_dir, vision_tower_dir
@@ -49,7 +50,7 @@ def prepare_parts(console: Console, *, seed: int = 0, tower_steps: int = 150) ->
     if tower is None or cut_short or TOWER_SOURCE not in (manifest or {}).get("sources", {}):
         console.print("vision tower: pretraining on easy-VQA + rendered tasks (once; cached)")
         tower = pretrain_vision_tower(seed=seed, seconds_budget=None, steps=tower_steps,
-                                      extra_sources=[rendered_source(seed=seed)])
+                                      extra_sources=[rendered_source(tower_images, seed=seed, difficulties=(1, 2))])
     console.print(f"  smollm2: {llm}\n  vision tower: {tower}")
     return {"smollm2": llm, "vision_tower": tower}
 

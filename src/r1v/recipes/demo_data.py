@@ -3,10 +3,17 @@
 - `rendered_rows`: rendered tasks (`r1v.data.synthetic`) with a short prompt and a worked `<think>`
   chain read off the scene ("There are 3 circles and 2 squares. 3 + 2 = 5."), then `\\boxed{answer}`.
 - `text_rows`: text-only `<think>` arithmetic in the same words, for the "reasoning" LLM variant.
+- `short_rows`: rendered tasks as perception questions with a one-word answer ("How many stars are there
+  in the image? Answer with one word." -> "4"), no thinking: the connector's alignment data.
 - `write_prepared`: `train.jsonl` (with chains), `rl.jsonl` (prompts only), `heldout.jsonl` (held-out
-  split, prompts only) and `text.jsonl` into a folder; stages read them as ordinary data files.
+  split, prompts only), `align.jsonl` (short answers) and `text.jsonl` into a folder; stages read them as
+  ordinary data files.
 - `rendered_source`: rendered images with class labels (family, shape counts, digits, largest colour) as a
   `LabelledImages` source for the vision tower's pretraining beside easy-VQA.
+
+Why the alignment data are short answers: in the `<think>` chains the one token read off the image (the
+"4" of "there are 4") is a small share of the loss, and 40 connector steps on them left every family at
+chance; one-word answers make the read token a third of the target.
 """
 
 from __future__ import annotations
@@ -85,6 +92,25 @@ def rendered_rows(n: int, *, seed: int = 0, split: str = "train", image_size: in
     return rows
 
 
+def short_question(task: Sample) -> str:
+    """The task's question asking for a one-word answer (compare already asks for a colour)."""
+    q = task.question.replace("<image>", "").strip()
+    return q if task.meta["family"] == "compare" else f"{q} Answer with one word."
+
+
+def short_rows(n: int, *, seed: int = 0, split: str = "train", image_size: int = 112,
+               unanswerable_ratio: float = 0.1, families: Sequence[str] = FAMILIES,
+               difficulties: Sequence[int] = (1, 2)) -> list[Row]:
+    """n rendered tasks as perception questions answered in one word, no thinking (alignment data).
+
+    Drawn from their own stream (base seed + 2000), so they do not repeat the chain data's scenes."""
+    tasks = generate_tasks(n, seed=seed + 2000, split=split, image_size=image_size, families=tuple(families),
+                           difficulties=tuple(difficulties), unanswerable_ratio=unanswerable_ratio)
+    return [Row(replace(t, messages=[Message("user", f"<image>\n{short_question(t)}"),
+                                     Message("assistant", t.answer)]), f"short:{split}", i)
+            for i, t in enumerate(tasks)]
+
+
 def text_rows(n: int, *, seed: int = 0) -> list[Row]:
     """n text-only arithmetic word problems with `<think>` chains in the rendered tasks' words."""
     rng = random.Random(f"text:{seed}")
@@ -125,6 +151,8 @@ def write_prepared(prep: Any, folder: Path, *, seed: int = 0) -> dict[str, Path]
         out["train"] = _write(train, folder / "train.jsonl", images)
         prompts = [Row(replace(r.sample, messages=r.sample.messages[:1]), r.source, r.record) for r in train]
         out["rl"] = _write(prompts, folder / "rl.jsonl", images)
+    if prep.align:
+        out["align"] = _write(short_rows(prep.align, split="train", **kw), folder / "align.jsonl", images)
     if prep.heldout:
         out["heldout"] = _write(rendered_rows(prep.heldout, split="heldout", with_target=False, **kw),
                                 folder / "heldout.jsonl", images)
@@ -133,14 +161,18 @@ def write_prepared(prep: Any, folder: Path, *, seed: int = 0) -> dict[str, Path]
     return out
 
 
-def rendered_source(n: int = 1200, *, seed: int = 0, image_size: int = 112) -> Any:
+def rendered_source(n: int = 1200, *, seed: int = 0, image_size: int = 112,
+                    difficulties: Sequence[int] = (1, 2, 3)) -> Any:
     """Rendered training images with labels for the tower's pretraining heads: task family, the count of
-    each shape kind, the drawn number's ones and tens digits, and the colour of the largest shape."""
+    each shape kind, the number of shapes, the drawn number's ones and tens digits, and the colour of the
+    largest shape."""
     from r1v.assets import LabelledImages
 
-    tasks = generate_tasks(n, seed=seed + 1000, split="train", image_size=image_size)
+    tasks = generate_tasks(n, seed=seed + 1000, split="train", image_size=image_size,
+                           difficulties=tuple(difficulties))
     colours = list(COLOURS)
     heads: dict[str, list[str]] = {"family": list(FAMILIES), **{k: [str(c) for c in range(16)] for k in SHAPES},
+                                   "total": [str(c) for c in range(16)],
                                    "ones": [str(d) for d in range(10)], "tens": [str(d) for d in range(10)],
                                    "largest": colours}
     labels = {h: np.full(n, -1, dtype=np.int64) for h in heads}
@@ -150,6 +182,7 @@ def rendered_source(n: int = 1200, *, seed: int = 0, image_size: int = 112) -> A
         if family in ("count", "arith", "compare"):
             for k in SHAPES:
                 labels[k][i] = min(15, _count(scene, k))
+            labels["total"][i] = min(15, len(scene["objects"]))
         if family == "digit":
             value = int(t.answer)
             labels["ones"][i] = value % 10

@@ -84,6 +84,8 @@ class Prepare:
     """Held-out rendered tasks (the report's evaluation set) -> `{data}/heldout.jsonl`."""
     text: int = 0
     """Text-only `<think>` arithmetic for the reasoning LLM -> `{data}/text.jsonl`."""
+    align: int = 0
+    """Rendered perception questions with one-word answers (the connector's alignment data) -> `{data}/align.jsonl`."""
     image_size: int = 112
     unanswerable_ratio: float = 0.1
     families: list[str] = field(default_factory=lambda: ["count", "arith", "digit", "bar", "compare"])
