@@ -2,7 +2,7 @@
 
     nice -n 10 .venv/bin/python benchmarks/agent_tools.py --json runs/bench/agent_tools.json
 
-Measured side by side in one run, every image at one 224 px tile (`max_tiles=1`):
+Measured side by side in one run, every image at one 112 px tile (`max_tiles=1`):
 - direct (base): smol answers the question directly (no thinking), scored by the first shape word it writes;
 - direct (SFT): smol fine-tuned with the same steps and tasks on direct answers
   (`<think>The ... part shows a star.</think><answer>star</answer>`), no tools;
@@ -152,7 +152,8 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=40)
     ap.add_argument("--perception", type=int, default=64, help="shape-naming samples mixed into both SFT runs")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/agent_tools"))
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-4, help="peak lr of the LLM")
+    ap.add_argument("--connector-lr", type=float, default=2e-3, help="peak lr of the connector")
     ap.add_argument("--loss", choices=["token", "turn"], default="token",
                     help="token: token-level SFT; turn: every assistant turn weighs the same (both arms)")
     ap.add_argument("--show", type=int, default=3, help="print this many completions of each setting")
@@ -161,7 +162,8 @@ def main() -> None:
     console = Console()
     timings = {}
     start, load_start = time.time(), os.getloadavg()
-    train_cfg = TrainConfig(out_dir=args.out / "agent_sft", policy="connector+llm", lr=args.lr, weight_decay=0.0,
+    train_cfg = TrainConfig(out_dir=args.out / "agent_sft", policy="connector+llm", lr=args.lr,
+                            connector_lr=args.connector_lr, weight_decay=0.0,
                             warmup_ratio=0.05, schedule="cosine", micro_batch_size=4, grad_accum=2,
                             max_steps=args.steps, precision="fp32", seed=0, report_to=["jsonl"])
     held = generate_zoom_tasks(args.eval, split="heldout")
@@ -222,6 +224,7 @@ def main() -> None:
     best_direct = max(("direct, base smol", "direct, SFT smol (no tools)"), key=lambda k: acc[k])
     details = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]), "wall_s": round(time.time() - start, 1),
                "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "lr": args.lr,
+               "connector_lr": args.connector_lr,
                "eval_items": n, "train_tasks": args.tasks, "steps": args.steps, "perception": args.perception,
                "loss": args.loss, "perception_form": {"direct SFT": "plain", "agent SFT": "observation"},
                "max_tiles": 1, "chance": 0.25, "settings": rows_out,

@@ -3,9 +3,9 @@
 `zoom` task: a `size` x `size` canvas (default 896 px) of grey speckle noise split into a 3x3 grid; every
 cell holds one small shape (circle, square, triangle or star, random colours, radius ~2.2% of the canvas)
 near its centre. The question names a cell ("What shape is in the top-left part of the image?") and the
-gold answer is that cell's shape. Seen whole at one 224 px tile, each shape is ~10 px across (less than one
-14 px patch) and its kind is hard to read; the central half of the cell zoomed to 224 px shows it ~60 px
-across.
+gold answer is that cell's shape. Seen whole at one tile of the smol tower (112 px), each shape is ~5 px
+across (well under one 14 px patch) and its kind is hard to read; the central half of the cell zoomed to
+224 px (the tower resizes it to its tile) shows it ~60 px across, or ~30 px at 112.
 
 `expert_turns(sample)` is the scripted expert: turn 0 thinks and calls the `code` tool to crop and zoom
 the named cell (`cell_crop_code`: the program derives the box from the cell's name), turn 1 reads the zoomed crop and answers. `flaw` makes deliberately bad experts for the

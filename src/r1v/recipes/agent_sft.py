@@ -25,7 +25,7 @@
    two from the answer turns and the plain perception samples).
 4. Optional held-out check (`eval_tasks`): agent-loop accuracy with the code tool before and after.
 
-`max_tiles` caps the tiles per image (1: the model sees every image as one 224 px tile, so the zoom tool is
+`max_tiles` caps the tiles per image (1: the model sees every image as one tile, 112 px for smol, so the zoom tool is
 the only way to see small things, and CPU runs stay cheap).
 """
 
