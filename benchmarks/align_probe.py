@@ -2,18 +2,21 @@
 
     python benchmarks/align_probe.py --data qa --steps 40 --lr 2e-3 [--threads 1] [--json PATH]
     python benchmarks/align_probe.py --data captions --steps 40 --lr 3e-4
-    python benchmarks/align_probe.py --data short --policy connector+llm --steps 120 --lr 1e-4
+    python benchmarks/align_probe.py --data short --families compare --steps 60 --lr 1e-3
+    python benchmarks/align_probe.py --data short --families count --policy connector+llm --lr 1e-4 \
+        --connector-lr 2e-3 --steps 100 --train 400
 
 Builds the `smol` VLM (SmolLM2-135M-Instruct + the cached tower, fresh connector), trains ONLY the connector
-(AdamW, batch 8, constant lr; `--policy connector+llm` trains the LLM too) on 256 rendered train tasks, as
-the demo's QA chains (`qa`), as dense captions of the scene (`captions`: "There are 2 red squares, 1 blue
-triangle."), or as the question with a one-word answer (`short`), and logs the loss and the
-mean norm of the image tokens the connector emits (text embeddings have ~3.2).
+(AdamW, batch 8, constant lr; `--policy connector+llm` trains the LLM too, the connector then at
+`--connector-lr`) on `--train` rendered train tasks of `--families` at `--difficulties`, as the demo's QA
+chains (`qa`), as dense captions of the scene (`captions`: "There are 2 red squares, 1 blue triangle."), or
+as the question with a one-word answer (`short`), and logs the loss and the mean norm of the image tokens
+the connector emits (text embeddings have ~3.2).
 
-Then it scores held-out difficulty-1 `compare` and `count` tasks without generation: the answer is the
+Then it scores held-out tasks of the same families and difficulties without generation: the answer is the
 candidate whose FIRST token the model ranks highest right after the prompt (compare: the two colours named
-in the question, chance 0.5; count: 0..5). Above-chance scores mean the connector carries what the
-question needs; chance means the later stages have nothing visual to build on.
+in the question, chance 0.5; digits 0..9; other families 0..12). Above-chance scores mean the connector
+carries what the question needs; chance means the later stages have nothing visual to build on.
 """
 
 from __future__ import annotations
@@ -46,19 +49,13 @@ def caption(task) -> str:
     return ("There is " if sum(counts.values()) == 1 else "There are ") + ", ".join(parts) + "."
 
 
-def short_question(task) -> str:
-    """The task's question asking for a one-word answer (count-like families: a number)."""
-    q = task.question.replace("<image>", "").strip()
-    return q if task.meta["family"] == "compare" else q + " Answer with a number."
-
-
 def main() -> int:
     from r1v.data.schema import Message, Sample
     from r1v.data.synthetic import generate_tasks
     from r1v.model.build import load_vlm
     from r1v.processing.processor import Processor
     from r1v.recipes.common import apply_trainable
-    from r1v.recipes.demo_data import rendered_rows
+    from r1v.recipes.demo_data import rendered_rows, short_question
     from r1v.train.loop import count_label_tokens, sft_loss
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,7 +63,11 @@ def main() -> int:
     ap.add_argument("--policy", default="connector", help="trainable parts (r1v policies), e.g. connector+llm")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--eval", type=int, default=200, help="held-out items (half compare, half count)")
+    ap.add_argument("--connector-lr", type=float, default=None, help="the connector's lr (default: --lr)")
+    ap.add_argument("--families", default="compare,count", help="comma-separated task families")
+    ap.add_argument("--difficulties", default="1", help="comma-separated difficulty levels")
+    ap.add_argument("--train", type=int, default=256, help="rendered train tasks")
+    ap.add_argument("--eval", type=int, default=200, help="held-out items")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -76,18 +77,23 @@ def main() -> int:
     vlm = load_vlm("smol")
     proc, tok, model = Processor(vlm.tokenizer, vlm.spec), vlm.tokenizer, vlm.model
     apply_trainable(vlm, args.policy)
+    families = tuple(args.families.split(","))
+    levels = tuple(int(d) for d in args.difficulties.split(","))
+    pick = {"families": families, "difficulties": levels, "unanswerable_ratio": 0.0}
     if args.data == "qa":
-        rows = [r.sample for r in rendered_rows(256, seed=0, split="train", unanswerable_ratio=0.0)]
+        rows = [r.sample for r in rendered_rows(args.train, seed=0, split="train", **pick)]
     elif args.data == "short":
-        tasks = generate_tasks(256, seed=0, split="train", image_size=112, unanswerable_ratio=0.0)
+        tasks = generate_tasks(args.train, seed=0, split="train", image_size=112, **pick)
         rows = [Sample(id=t.id, messages=[Message("user", "<image>\n" + short_question(t)),
                                           Message("assistant", t.answer)], images=t.images) for t in tasks]
     else:
-        tasks = generate_tasks(256, seed=0, split="train", image_size=112, unanswerable_ratio=0.0)
+        tasks = generate_tasks(args.train, seed=0, split="train", image_size=112, **pick)
         rows = [Sample(id=t.id, messages=[Message("user", "<image>\nDescribe the image."),
                                           Message("assistant", caption(t))], images=t.images) for t in tasks]
     encoded = [proc.encode_for_training(s, think=False) for s in rows]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+    from r1v.train.optim import param_groups
+
+    optimizer = torch.optim.AdamW(param_groups(model, 0.0, args.connector_lr), lr=args.lr)
 
     def image_norm() -> float:
         with torch.no_grad():
@@ -111,8 +117,7 @@ def main() -> int:
             print(log[-1], f"{time.perf_counter() - started:.0f} s", flush=True)
 
     model.eval()
-    held = generate_tasks(args.eval, seed=0, split="heldout", image_size=112, families=("compare", "count"),
-                          difficulties=(1,), unanswerable_ratio=0.0)
+    held = generate_tasks(args.eval, seed=0, split="heldout", image_size=112, **pick)
     right: dict[str, list[bool]] = collections.defaultdict(list)
     with torch.no_grad():
         for i in range(0, len(held), 20):
@@ -121,7 +126,9 @@ def main() -> int:
             for t in chunk:
                 prompts.append(Sample(id=t.id, messages=[Message("user", "<image>\n" + short_question(t))],
                                       images=t.images))
-                candidates.append([str(k) for k in range(6)] if t.meta["family"] == "count" else t.meta["target"]["colours"])
+                family = t.meta["family"]
+                candidates.append(t.meta["target"]["colours"] if family == "compare"
+                                  else [str(k) for k in range(10 if family == "digit" else 13)])
             b = proc.encode_batch_prompts(prompts, think=False)
             last = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                          pixel_values=b["pixel_values"], logits_to_keep=1).logits[:, -1].float()  # [n, V]
@@ -130,7 +137,7 @@ def main() -> int:
                 right[t.meta["family"]].append(cands[int(logits[first].argmax())] == t.answer)
     scores = {k: round(sum(v) / len(v), 3) for k, v in sorted(right.items())}
     print(f"{args.data} {args.policy} steps {args.steps} lr {args.lr}: held-out first-token accuracy {scores} "
-          f"(chance: compare 0.5, count ~0.2); image-token norm {image_norm()}")
+          f"(chance: compare 0.5); image-token norm {image_norm()}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
