@@ -57,6 +57,7 @@ def main() -> int:
     from r1v.recipes.common import apply_trainable
     from r1v.recipes.demo_data import rendered_rows, short_question
     from r1v.train.loop import count_label_tokens, sft_loss
+    from r1v.train.optim import param_groups
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", choices=("qa", "captions", "short"), default="qa")
@@ -91,8 +92,6 @@ def main() -> int:
         rows = [Sample(id=t.id, messages=[Message("user", "<image>\nDescribe the image."),
                                           Message("assistant", caption(t))], images=t.images) for t in tasks]
     encoded = [proc.encode_for_training(s, think=False) for s in rows]
-    from r1v.train.optim import param_groups
-
     optimizer = torch.optim.AdamW(param_groups(model, 0.0, args.connector_lr), lr=args.lr)
 
     def image_norm() -> float:

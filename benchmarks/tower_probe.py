@@ -30,13 +30,13 @@ PROBED_FAMILIES = ("count", "arith", "digit", "compare")
 
 
 def pooled_features(tower, images: list, size: int, batch: int = 64) -> torch.Tensor:
-    from r1v.assets.vision import to_pixels
+    from r1v.assets.vision import TowerWithHeads, to_pixels
 
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
             h = tower(pixel_values=to_pixels(images[i:i + batch], size)).last_hidden_state[:, 1:]
-            out.append(torch.cat([h.mean(1), h.amax(1)], -1))
+            out.append(TowerWithHeads.pool(h))
     return torch.cat(out)
 
 
