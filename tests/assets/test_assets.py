@@ -247,6 +247,12 @@ def test_train_tower_deterministic_and_learns_extra_source():
     assert np.mean(metrics["losses"][-3:]) < 0.5 * np.mean(metrics["losses"][:3])
 
 
+def test_train_tower_without_token_heads_builds_none():
+    model, metrics = train_tower([_solid_colours(24)], config=TINY_VISION, steps=3, batch_size=12, seed=0,
+                                 progress=False, token_heads=False)
+    assert len(model.token_heads) == 0 and len(model.heads) == 1 and len(metrics["losses"]) == 3
+
+
 def _corner_colours(n: int) -> LabelledImages:
     """White 56 px images with one coloured 14 px square in the top-left corner: a fact only one patch sees."""
     colours = [(230, 20, 20), (20, 200, 20), (20, 20, 230)]

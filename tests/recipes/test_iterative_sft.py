@@ -19,6 +19,7 @@ from r1v.errors import DataError  # noqa: E402
 from r1v.model.build import load_vlm  # noqa: E402
 from r1v.recipes import run_stage  # noqa: E402
 from r1v.recipes.common import BadSamples, Encoded, Judged, Row  # noqa: E402
+from r1v.train.config import TrainConfig  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -34,6 +35,12 @@ def test_round_data_is_rm_filter_union_errors() -> None:
 def test_lr_per_round_repeats_the_last_value() -> None:
     cfg = it.IterativeSFTConfig()
     assert [cfg.lr(t) for t in (1, 2, 3, 4)] == [1e-4, 2e-5, 2e-5, 2e-5]
+    assert cfg.connector_lr(2) is None
+
+
+def test_connector_lr_keeps_its_ratio_to_the_round_lr() -> None:
+    cfg = it.IterativeSFTConfig(lr_per_round=[1e-4, 5e-5, 1e-5], train=TrainConfig(connector_lr=2e-3))
+    assert [cfg.connector_lr(t) for t in (1, 2, 3, 4)] == pytest.approx([2e-3, 1e-3, 2e-4, 2e-4])
 
 
 def _encoded(scores: list[object]) -> list[Encoded]:

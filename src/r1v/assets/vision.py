@@ -81,7 +81,7 @@ class TowerWithHeads:
     counting stayed near chance after 60 connector steps, while colour, a per-token fact, was learnt.
     """
 
-    def __init__(self, config: dict, heads: dict[str, int]) -> None:
+    def __init__(self, config: dict, heads: dict[str, int], token_heads: bool = True) -> None:
         from transformers import InternVLVisionConfig, InternVLVisionModel
 
         self.tower = InternVLVisionModel(InternVLVisionConfig(**config))
@@ -91,7 +91,8 @@ class TowerWithHeads:
             return torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, n))
 
         self.heads = torch.nn.ModuleDict({key.replace("/", "__"): head(2 * hidden, n) for key, n in heads.items()})
-        self.token_heads = torch.nn.ModuleDict({key.replace("/", "__"): head(hidden, n) for key, n in heads.items()})
+        self.token_heads = torch.nn.ModuleDict({key.replace("/", "__"): head(hidden, n) for key, n in heads.items()}
+                                               if token_heads else {})
         self.size = _image_size(config)
 
     def parameters(self):
@@ -158,7 +159,7 @@ def train_tower(sources: Sequence[LabelledImages], *, config: dict | None = None
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     heads = {f"{s.name}/{h}": len(c) for s in sources for h, c in s.classes.items()}
-    model = TowerWithHeads(config, heads)
+    model = TowerWithHeads(config, heads, token_heads=token_heads)
     # one pooled index over all sources: (source number, index inside it)
     pool = np.concatenate([np.stack([np.full(len(s), k), np.arange(len(s))], 1) for k, s in enumerate(sources)])
     if len(pool) == 0:

@@ -149,7 +149,10 @@ def write_prepared(prep: Any, folder: Path, *, seed: int = 0) -> dict[str, Path]
     if prep.train:
         train = rendered_rows(prep.train, split="train", **kw)
         out["train"] = _write(train, folder / "train.jsonl", images)
-        prompts = [Row(replace(r.sample, messages=r.sample.messages[:1]), r.source, r.record) for r in train]
+        # RL prompts: their own stream (base seed + 3000) when `rl` is set, else the train tasks' prompts
+        source = rendered_rows(prep.rl, split="train", with_target=False,
+                               **{**kw, "seed": seed + 3000}) if prep.rl else train
+        prompts = [Row(replace(r.sample, messages=r.sample.messages[:1]), r.source, r.record) for r in source]
         out["rl"] = _write(prompts, folder / "rl.jsonl", images)
     if prep.align:
         out["align"] = _write(short_rows(prep.align, split="train", **kw), folder / "align.jsonl", images)

@@ -88,7 +88,8 @@ class IterativeSFTConfig:
     """Optional held-out samples with gold answers, judged after every round."""
     eval_limit: int = 32
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir=Path("runs/iterative_sft")))
-    """Shared optimisation settings; `lr` is replaced by `lr_per_round` in every round."""
+    """Shared optimisation settings; `lr` is replaced by `lr_per_round` in every round, and `connector_lr`
+    (when set) is round 1's connector lr, scaled with `lr_per_round` so the two groups keep their ratio."""
 
     def validate(self) -> None:
         if self.rounds < 1:
@@ -106,6 +107,12 @@ class IterativeSFTConfig:
     def lr(self, t: int) -> float:
         """The learning rate of round t (1-based)."""
         return self.lr_per_round[min(t, len(self.lr_per_round)) - 1]
+
+    def connector_lr(self, t: int) -> float | None:
+        """The connector's own learning rate in round t: `train.connector_lr` times lr(t) / lr(1)."""
+        if self.train.connector_lr is None:
+            return None
+        return self.train.connector_lr * self.lr(t) / self.lr(1)
 
 
 CONFIG = IterativeSFTConfig
@@ -201,10 +208,12 @@ def run(cfg: IterativeSFTConfig, console: Console | None = None) -> dict:
         atomic_write_text(out / "data" / f"round_{t}.json", json.dumps(
             {"round": t, "tau": tau, "d_t": [items[i].id for i in chosen],
              "errors": sorted(items[i].id for i in errors)}, indent=1) + "\n")
-        record: dict[str, Any] = {"round": t, "tau": tau, "lr": lr, "d_rm": len(d_rm), "errors_prev": len(errors),
-                                  "errors_only": len(errors - d_rm), "d_t": len(chosen), "steps": 0, "loss": None}
+        record: dict[str, Any] = {"round": t, "tau": tau, "lr": lr, "connector_lr": cfg.connector_lr(t),
+                                  "d_rm": len(d_rm), "errors_prev": len(errors), "errors_only": len(errors - d_rm),
+                                  "d_t": len(chosen), "steps": 0, "loss": None}
         round_dir = out / f"round_{t}"
-        round_cfg = replace(cfg.train, lr=lr, out_dir=out / "runs" / f"round_{t}", seed=cfg.train.seed + t)
+        round_cfg = replace(cfg.train, lr=lr, connector_lr=cfg.connector_lr(t), out_dir=out / "runs" / f"round_{t}",
+                            seed=cfg.train.seed + t)
         if cfg.train.resume and (round_dir / R1V_JSON).exists():
             vlm = load_vlm(round_dir)
             apply_trainable(vlm, cfg.train.policy)

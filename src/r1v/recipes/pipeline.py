@@ -84,6 +84,9 @@ class Prepare:
     """Held-out rendered tasks (the report's evaluation set) -> `{data}/heldout.jsonl`."""
     text: int = 0
     """Text-only `<think>` arithmetic for the reasoning LLM -> `{data}/text.jsonl`."""
+    rl: int = 0
+    """RL prompts drawn from their own stream (scenes the chain data does not show) -> `{data}/rl.jsonl`;
+    0: the train tasks' prompts."""
     align: int = 0
     """Rendered perception questions with one-word answers (the connector's alignment data) -> `{data}/align.jsonl`."""
     image_size: int = 112
