@@ -93,6 +93,24 @@ def test_rounds_train_on_the_right_data_with_per_round_lr(tmp_path: Path, monkey
     assert json.loads((out / "summary.json").read_text())["final"] == str(out / "round_2")
 
 
+def test_judge_last_false_skips_the_final_pass_over_d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def fake_judge(vlm, samples, **kw):
+        calls.append(len(samples))
+        return Judged([True] * len(samples), ["x"] * len(samples))
+
+    monkeypatch.setattr(it, "judge", fake_judge)
+    data = write_dataset(tmp_path / "d", n=4, scores=[5, 5, 5, 5])
+    out = tmp_path / "run"
+    summary = run_stage("iterative-sft", None, [
+        "model=tiny", f"data={data}", "eval_data=null", "rounds=2", "tau=[3,3]", "judge_last=false",
+        "train.max_steps=1", "train.micro_batch_size=2", *fast_train(out)])
+    assert calls == [4, 4]  # E_0 and E_1 only
+    assert [r.get("train_accuracy") for r in summary["rounds"]] == [1.0, 1.0, None]
+    assert (out / "accuracy.png").exists()
+
+
 def test_cli_shipped_config_with_real_judging(tmp_path: Path) -> None:
     out = tmp_path / "run"
     res = CliRunner().invoke(app, [

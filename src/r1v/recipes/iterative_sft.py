@@ -81,6 +81,8 @@ class IterativeSFTConfig:
     """A pluggable RM: `path/file.py:function` or `module:function`, called as function(sample) -> 0..5."""
     include_errors: bool = True
     """Add E_{t-1} (items M_{t-1} answers wrongly) to D_t."""
+    judge_last: bool = True
+    """Judge M_T on D too, for the table's last "acc on D" (one more generation pass over D; false skips it)."""
     gen_max_new_tokens: int = 256
     """Generation budget when judging M_{t-1} on D (and on eval_data)."""
     gen_batch_size: int = 8
@@ -232,8 +234,9 @@ def run(cfg: IterativeSFTConfig, console: Console | None = None) -> dict:
         history.append(record)
         console.print(f"iterative-sft round {t}/{cfg.rounds}: tau {tau:g}, |D_rm| {len(d_rm)}, "
                       f"|E_{t - 1}| {len(errors)}, |D_t| {len(chosen)}, lr {lr:g}, steps {record['steps']}")
-    history[-1]["train_accuracy"] = judge(vlm, items, max_new_tokens=cfg.gen_max_new_tokens,
-                                          batch_size=cfg.gen_batch_size).accuracy
+    if cfg.judge_last:
+        history[-1]["train_accuracy"] = judge(vlm, items, max_new_tokens=cfg.gen_max_new_tokens,
+                                              batch_size=cfg.gen_batch_size).accuracy
 
     plot = plot_rounds(history, out / "accuracy.png")
     summary = {"stage": "iterative-sft", "model": cfg.model, "final": history[-1]["model"],
