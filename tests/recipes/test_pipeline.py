@@ -23,7 +23,7 @@ def test_deep_merge_and_scale_cascade() -> None:
     sft = next(s for s in cfg.steps if s.name == "sft")
     full, quick = step_config(cfg, sft, "micro"), step_config(cfg, sft, "quick")
     tiny = step_config(cfg, sft, "tiny")
-    assert (full.train.max_steps, quick.train.max_steps, tiny.train.max_steps) == (60, 6, 2)
+    assert (full.train.max_steps, quick.train.max_steps, tiny.train.max_steps) == (48, 6, 2)
     assert tiny.train.micro_batch_size == 4 and quick.train.micro_batch_size == 8  # tiny cascades onto quick
     assert str(tiny.train.out_dir).endswith("demo/sft") and tiny.data.endswith("data/train.jsonl")
     small = scaled(load_config(PipelineConfig, CONFIGS / "demo.yaml", ["scale=tiny"]))
