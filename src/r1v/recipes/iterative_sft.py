@@ -205,16 +205,16 @@ def run(cfg: IterativeSFTConfig, console: Console | None = None) -> dict:
         judged = judge(vlm, items, max_new_tokens=cfg.gen_max_new_tokens, batch_size=cfg.gen_batch_size)
         history[-1]["train_accuracy"] = judged.accuracy
         errors = judged.wrong if cfg.include_errors else set()
-        tau, lr = cfg.tau[t - 1], cfg.lr(t)
+        tau, lr, connector_lr = cfg.tau[t - 1], cfg.lr(t), cfg.connector_lr(t)
         chosen, d_rm = round_data(scores, tau, errors)
         atomic_write_text(out / "data" / f"round_{t}.json", json.dumps(
             {"round": t, "tau": tau, "d_t": [items[i].id for i in chosen],
              "errors": sorted(items[i].id for i in errors)}, indent=1) + "\n")
-        record: dict[str, Any] = {"round": t, "tau": tau, "lr": lr, "connector_lr": cfg.connector_lr(t),
+        record: dict[str, Any] = {"round": t, "tau": tau, "lr": lr, "connector_lr": connector_lr,
                                   "d_rm": len(d_rm), "errors_prev": len(errors), "errors_only": len(errors - d_rm),
                                   "d_t": len(chosen), "steps": 0, "loss": None}
         round_dir = out / f"round_{t}"
-        round_cfg = replace(cfg.train, lr=lr, connector_lr=cfg.connector_lr(t), out_dir=out / "runs" / f"round_{t}",
+        round_cfg = replace(cfg.train, lr=lr, connector_lr=connector_lr, out_dir=out / "runs" / f"round_{t}",
                             seed=cfg.train.seed + t)
         if cfg.train.resume and (round_dir / R1V_JSON).exists():
             vlm = load_vlm(round_dir)
