@@ -13,9 +13,12 @@ per-step cost fixed and small:
 - rows that have finished leave the batch: once at most `COMPACT_AT` of the cached rows are still going,
   the cache keeps only those (sampling transforms still see full [B, V] scores; finished rows get zeros);
 - only the last position goes through the LM head (logits [B, V], never [B, T, V]);
-- float32 on CPU: every `nn.Linear` of the body and the head multiplies with a weight pre-packed by MKL's
-  GEMM packing for the whole call (`packed_linears`; one pass over the weights, ~0.4 s for 135M
-  parameters, then the skinny [B, D] x [D, N] products of a decode step run ~1.2-2x faster);
+- the decode steps of a plain Qwen2/Llama body skip transformers' modules (`r1v.rollout.step.FusedStep`:
+  q/k/v and gate/up each one linear, single-query attention as two batched products; other bodies run
+  the model as it is);
+- float32 on CPU: the decode steps' linears and the head multiply with weights pre-packed by MKL's GEMM
+  packing for the whole call (`packed_linears`, `FusedStep`; one pass over the weights, then the skinny
+  [B, D] x [D, N] products of a decode step run ~1.2-2x faster);
 - generated ids live in a pre-allocated [B, max_new_tokens] tensor; the repetition penalty reads a
   pre-allocated [B, P + max_new_tokens] tensor of the ids seen so far (one column written per step) and
   touches only those entries;
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from r1v.errors import ModelError
+from r1v.rollout.step import FusedStep
 
 #: drop finished rows from the cache once at most this share of its rows is still generating
 COMPACT_AT = 0.75
@@ -220,7 +224,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
            min_new_tokens: int = 0, return_logprobs: bool = False,
            on_token: Callable[[torch.Tensor], None] | None = None,
            stop_check: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
-           pack_weights: bool = True) -> DecodeOutput:
+           pack_weights: bool = True, fused_step: bool = True) -> DecodeOutput:
     """Generate up to `max_new_tokens` per row of a LEFT-padded prompt batch.
 
     - transforms: `fn(state, scores [B, V] float32) -> scores`, applied in order after `min_new_tokens`'
@@ -229,6 +233,8 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     - on_token(tokens [B]): called after each step with the tokens chosen (pad for finished rows).
     - stop_check(tokens, steps, active) -> [B] bool: extra stop rule (e.g. stop strings) run after each step.
     - pack_weights: run the body's and head's float32 CPU linears on MKL-packed weights (`packed_linears`).
+    - fused_step: run the decode steps of a plain Qwen2/Llama body through `r1v.rollout.step.FusedStep`
+      (fused q/k/v and gate/up linears, packed when float32 on CPU; the prefill still runs the model).
     The loop ends when every row has produced a stop id / met `stop_check`, or after `max_new_tokens`.
     """
     lm, head, mm = model_parts(model)
@@ -259,7 +265,8 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
 
     was_training = model.training
     model.eval()
-    packing = packed_linears([lm, head] if pack_weights else [], b)
+    fused = FusedStep.build(lm, b if pack_weights else None) if fused_step else None
+    packing = packed_linears(([head] if fused is not None else [lm, head]) if pack_weights else [], b)
     packing.__enter__()
     try:
         kwargs = {"pixel_values": pixel_values} if body is mm else {}
@@ -314,8 +321,12 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
             if t + 1 == max_new_tokens:
                 break
             current = tokens[:, t:t + 1] if rows is None else tokens[rows, t:t + 1]  # [A, 1]
-            hidden = lm(input_ids=current, attention_mask=_mask_arg(lm, step_mask[..., :p + t + 1]),
-                        position_ids=(prompt_lens + t)[:, None], **step_kwargs).last_hidden_state
+            mask, positions = step_mask[..., :p + t + 1], (prompt_lens + t)[:, None]
+            if fused is not None:
+                hidden = fused(current, mask, positions, cache)
+            else:
+                hidden = lm(input_ids=current, attention_mask=_mask_arg(lm, mask), position_ids=positions,
+                            **step_kwargs).last_hidden_state
             cache.advance(1)
     finally:
         packing.__exit__(None, None, None)
