@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--connector-lr", type=float, default=2e-3, help="peak lr of the connector")
     ap.add_argument("--loss", choices=["token", "turn"], default="token",
                     help="token: token-level SFT; turn: every assistant turn weighs the same (both arms)")
+    ap.add_argument("--perception-form", choices=["observation", "plain", "both"], default="observation",
+                    help="form of the agent arm's perception samples (the direct arm always uses plain crops)")
     ap.add_argument("--show", type=int, default=3, help="print this many completions of each setting")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -197,7 +199,7 @@ def main() -> None:
     t0 = time.time()
     # same number of optimiser steps; the agent run sees half as many tasks (two model turns per episode)
     cfg = AgentSFTConfig(model="smol", tasks=args.tasks // 2, rollouts_per_task=2, flaw_rate=0.25, max_tiles=1,
-                         max_turns=4, eval_tasks=0, perception=args.perception, perception_form="observation",
+                         max_turns=4, eval_tasks=0, perception=args.perception, perception_form=args.perception_form,
                          turn_mean_loss=args.loss == "turn", train=train_cfg)
     summary = run_agent_sft(cfg, console)
     agent_vlm = with_max_tiles(load_vlm(summary["final"]), 1)
@@ -226,7 +228,7 @@ def main() -> None:
                "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "lr": args.lr,
                "connector_lr": args.connector_lr,
                "eval_items": n, "train_tasks": args.tasks, "steps": args.steps, "perception": args.perception,
-               "loss": args.loss, "perception_form": {"direct SFT": "plain", "agent SFT": "observation"},
+               "loss": args.loss, "perception_form": {"direct SFT": "plain", "agent SFT": args.perception_form},
                "max_tiles": 1, "chance": 0.25, "settings": rows_out,
                "agent_minus_best_direct": round(acc["agent + code tool, agent-SFT"] - acc[best_direct], 3),
                "agent_minus_best_direct_bootstrap95": paired_bootstrap(agent_ok, settings[best_direct]),

@@ -105,11 +105,11 @@ def test_stage_end_to_end_tiny(tmp_path):
     out = tmp_path / "run"
     summary = run_stage("agent-sft", "configs/agent_sft.yaml",
                         ["tasks=6", "train.max_steps=2", f"train.out_dir={out}", "eval_tasks=2",
-                         "eval_max_new_tokens=8", "max_turns=2", "perception=3"])
+                         "eval_max_new_tokens=8", "max_turns=2", "perception=3", "perception_form=both"])
     traj = summary["trajectories"]
     assert traj["episodes"] == 12 and traj["kept"] + sum(traj["rejected"].values()) == 12 and traj["kept"] >= 6
-    # one training sample per model turn, plus the perception samples
-    assert summary["samples"]["used"] == 2 * traj["kept"] + 3 and summary["samples"]["perception"] == 3
+    # one training sample per model turn, plus the perception samples (3 in each form)
+    assert summary["samples"]["used"] == 2 * traj["kept"] + 6 and summary["samples"]["perception"] == 6
     assert summary["steps"] == 2 and (out / "final" / "config.json").is_file()
     assert summary["eval"]["agent_accuracy_before"] is not None
     assert json.loads((out / "summary.json").read_text())["stage"] == "agent-sft"
