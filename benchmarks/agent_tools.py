@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--connector-lr", type=float, default=2e-3, help="peak lr of the connector")
     ap.add_argument("--loss", choices=["token", "turn"], default="token",
                     help="token: token-level SFT; turn: every assistant turn weighs the same (both arms)")
-    ap.add_argument("--perception-form", choices=["observation", "plain", "both"], default="observation",
+    ap.add_argument("--perception-form", choices=["observation", "plain", "both"], default="both",
                     help="form of the agent arm's perception samples (the direct arm always uses plain crops)")
     ap.add_argument("--show", type=int, default=3, help="print this many completions of each setting")
     ap.add_argument("--json", type=Path, default=None)

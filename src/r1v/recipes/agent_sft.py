@@ -86,7 +86,7 @@ class AgentSFTConfig:
     max_turns: int = 4
     perception: int = 0
     """Shape-naming samples at zoom scale mixed into the SFT data (0: trajectories only)."""
-    perception_form: str = "observation"
+    perception_form: str = "both"
     """observation: answer turns after the expert's crop observation; plain: single-image questions; both:
     `perception` samples of each form (the same crops)."""
     turn_mean_loss: bool = False
