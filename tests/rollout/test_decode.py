@@ -229,21 +229,6 @@ def test_sampling_with_the_penalty_over_seen_ids_matches_the_history_form(tiny) 
     assert torch.equal(outs[0], outs[1])
 
 
-def test_packed_linears_give_the_same_outputs_and_are_removed_after() -> None:
-    from r1v.rollout.decode import can_pack, packed_linears
-
-    torch.manual_seed(5)
-    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4, bias=False))
-    x = torch.randn(3, 2, 8)
-    want = net(x)
-    with torch.no_grad(), packed_linears([net], batch=6) as n:
-        got = net(x)
-        assert all("forward" in vars(m) for m in (net[0], net[2])) or not can_pack(net[0].weight)
-    assert n == (2 if can_pack(net[0].weight) else 0)
-    assert not any("forward" in vars(m) for m in net)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-
-
 def test_packed_and_plain_decode_agree(tiny) -> None:
     ids = torch.tensor([[0, 5, 6, 7], [9, 8, 7, 6], [3, 4, 5, 6]])
     mask = (ids != 0).long()

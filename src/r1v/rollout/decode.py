@@ -17,7 +17,7 @@ per-step cost fixed and small:
   q/k/v and gate/up each one linear, single-query attention as two batched products; other bodies run
   the model as it is);
 - float32 on CPU: the decode steps' linears and the head multiply with weights pre-packed by MKL's GEMM
-  packing for the whole call (`packed_linears`, `FusedStep`; one pass over the weights, then the skinny
+  packing for the whole call (`r1v.rollout.packing`; one pass over the weights, then the skinny
   [B, D] x [D, N] products of a decode step run ~1.2-2x faster);
 - generated ids live in a pre-allocated [B, max_new_tokens] tensor; the repetition penalty reads a
   pre-allocated [B, P + max_new_tokens] tensor of the ids seen so far (one column written per step) and
@@ -33,15 +33,14 @@ penalty -> temperature/top-k/top-p -> thinking budget). Works with an InternVL m
 
 from __future__ import annotations
 
-import functools
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from r1v.errors import ModelError
+from r1v.rollout.packing import packed_linears
 from r1v.rollout.step import FusedStep
 
 #: drop finished rows from the cache once at most this share of its rows is still generating
@@ -184,38 +183,6 @@ def sample_rows(scores: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=scores.shape[1] - 1)
 
 
-def can_pack(weight: torch.Tensor) -> bool:
-    """MKL weight packing applies: a float32 CPU weight in a torch build with MKL's packed GEMM."""
-    return (weight.dtype == torch.float32 and weight.device.type == "cpu" and torch._C.has_mkl
-            and hasattr(torch.ops.mkl, "_mkl_linear"))
-
-
-def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, packed: torch.Tensor, batch: int,
-                   x: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkl._mkl_linear(x, packed, weight, bias, batch)
-
-
-@contextmanager
-def packed_linears(modules: Iterable[torch.nn.Module], batch: int) -> Iterator[int]:
-    """Inside the block, each float32 CPU `nn.Linear` under `modules` runs on an MKL-packed copy of its
-    weight (inference only: the copy does not follow later weight updates, and no gradient flows through
-    it). Yields how many layers were packed; the layers' own `forward` is back on exit."""
-    patched: list[torch.nn.Linear] = []
-    try:
-        for mod in modules:
-            for lin in mod.modules():
-                if type(lin) is torch.nn.Linear and can_pack(lin.weight) and "forward" not in vars(lin):
-                    w = lin.weight.detach()
-                    packed = torch.ops.mkl._mkl_reorder_linear_weight(w, batch)
-                    b = lin.bias.detach() if lin.bias is not None else None
-                    lin.forward = functools.partial(_packed_linear, w, b, packed, batch)
-                    patched.append(lin)
-        yield len(patched)
-    finally:
-        for lin in patched:
-            del lin.forward
-
-
 @torch.no_grad()
 def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
            max_new_tokens: int, stop_ids: Sequence[int], pad_id: int,
@@ -266,7 +233,8 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     was_training = model.training
     model.eval()
     fused = FusedStep.build(lm, b if pack_weights else None) if fused_step else None
-    packing = packed_linears(([head] if fused is not None else [lm, head]) if pack_weights else [], b)
+    packed = [head] if fused is not None else [lm, head]  # FusedStep packs its own (fused) weights
+    packing = packed_linears(packed if pack_weights else [], b)
     packing.__enter__()
     try:
         kwargs = {"pixel_values": pixel_values} if body is mm else {}

@@ -6,7 +6,7 @@ set up for a single query. `FusedStep` does the same arithmetic with fewer, larg
 
 - q, k and v come from one linear over the concatenated weights (bias concatenated too), gate and up from
   another, so a layer runs 4 matrix products instead of 7 (each float32 CPU weight MKL-packed, see
-  `r1v.rollout.decode.packed_linears`);
+  `r1v.rollout.packing`);
 - attention for one query is two batched products over the cache, the query heads grouped by their
   key/value head (no `repeat_kv` copy), softmax in float32 as transformers' eager attention does;
 - RMSNorm, rotary embedding and SiLU-gated MLP follow transformers' Qwen2/Llama code operation for operation.
@@ -19,60 +19,52 @@ FSDP/DTensor shards) and no forward hooks on the way. The step reads keys/values
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from r1v.rollout.packing import linear
 
 __all__ = ["FusedStep"]
 
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
 #: decoder layer classes whose forward `FusedStep` reproduces
 SUPPORTED_LAYERS = ("Qwen2DecoderLayer", "LlamaDecoderLayer")
-
-
-def _plain_linear(mod: torch.nn.Module) -> bool:
-    return (type(mod) is torch.nn.Linear and type(mod.weight.data) is torch.Tensor
-            and not mod._forward_hooks and not mod._forward_pre_hooks)
 
 
 def _hooked(mod: torch.nn.Module) -> bool:
     return bool(mod._forward_hooks or mod._forward_pre_hooks or hasattr(mod, "_hf_hook"))
 
 
-class _Linear:
-    """y = x W^T + b over a weight fixed for the step's lifetime, MKL-packed when float32 on CPU."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch: int | None) -> None:
-        from r1v.rollout.decode import can_pack
-
-        self.weight, self.bias, self.batch = weight, bias, batch
-        pack = batch is not None and can_pack(weight)
-        self.packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, batch) if pack else None
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, self.batch)
-        return F.linear(x, self.weight, self.bias)
+def _plain_linear(mod: torch.nn.Module) -> bool:
+    return type(mod) is torch.nn.Linear and type(mod.weight.data) is torch.Tensor and not _hooked(mod)
 
 
-def _cat_linear(mods: list[torch.nn.Linear], batch: int | None) -> _Linear:
+def _detached(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t.detach() if t is not None else None
+
+
+def _cat_linear(mods: list[torch.nn.Linear], batch: int | None) -> Linear:
+    """One linear over the concatenated outputs of `mods` (a missing bias counts as zeros)."""
     weight = torch.cat([m.weight.detach() for m in mods], dim=0)
     if all(m.bias is None for m in mods):
         bias = None
     else:
         bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
                           for m in mods])
-    return _Linear(weight, bias, batch)
+    return linear(weight, bias, batch)
 
 
 @dataclass
 class _Layer:
     norm1: torch.nn.Module
-    qkv: _Linear
-    o: _Linear
+    qkv: Linear
+    o: Linear
     norm2: torch.nn.Module
-    gate_up: _Linear
-    down: _Linear
+    gate_up: Linear
+    down: Linear
     act: object
 
 
@@ -107,9 +99,9 @@ class FusedStep:
             self.layers.append(_Layer(
                 norm1=layer.input_layernorm, norm2=layer.post_attention_layernorm, act=m.act_fn,
                 qkv=_cat_linear([a.q_proj, a.k_proj, a.v_proj], batch),
-                o=_Linear(a.o_proj.weight.detach(), _detached(a.o_proj.bias), batch),
+                o=linear(a.o_proj.weight.detach(), _detached(a.o_proj.bias), batch),
                 gate_up=_cat_linear([m.gate_proj, m.up_proj], batch),
-                down=_Linear(m.down_proj.weight.detach(), _detached(m.down_proj.bias), batch)))
+                down=linear(m.down_proj.weight.detach(), _detached(m.down_proj.bias), batch)))
 
     @classmethod
     def build(cls, lm: torch.nn.Module, batch: int | None) -> FusedStep | None:
@@ -158,6 +150,3 @@ class FusedStep:
             x = x + layer.down(layer.act(gu[:, :half]) * gu[:, half:])
         return _rms(self.final_norm, x)[:, None]
 
-
-def _detached(t: torch.Tensor | None) -> torch.Tensor | None:
-    return t.detach() if t is not None else None
