@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import assert_close_scaled
 from safetensors.torch import save_file
 from transformers import InternVLForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
 
@@ -17,6 +18,8 @@ from r1v.errors import ModelError
 from r1v.model.build import load_vlm
 from r1v.model.released import INDEX, convert, read_state
 from r1v.model.tokens import tiny_tokenizer
+
+pytestmark = pytest.mark.numerics  # float tolerances: `make test-portable` reruns these
 
 VIS = dict(hidden=32, layers=2, heads=2, inter=64, image=56, patch=14)
 LLM = dict(model_type="qwen2", hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -189,7 +192,7 @@ def test_import_matches_reference_forward(tmp_path, case):
     assert vlm.spec.tile_size == 56 and vlm.spec.max_tiles == 6 and vlm.spec.template == "r1v3"
     assert vlm.model.config.tie_word_embeddings == CASES[case].get("tied", False)
     ours = _logits(vlm.model, ids, pix)
-    torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
+    assert_close_scaled(ours, ref, msg="logits vs the reference implementation")
     if CASES[case].get("tied"):
         assert vlm.model.lm_head.weight.data_ptr() == vlm.model.get_input_embeddings().weight.data_ptr()
 
@@ -212,7 +215,7 @@ def test_export_hf_then_plain_transformers(tmp_path, case):
     ref = reference_logits(src, ids, pix)
     convert(src, tmp_path / "hf", to="hf")
     plain = InternVLForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
-    torch.testing.assert_close(_logits(plain, ids, pix), ref, atol=2e-5, rtol=1e-4)
+    assert_close_scaled(_logits(plain, ids, pix), ref, msg="logits vs the reference implementation")
     torch.testing.assert_close(_logits(plain, ids, pix), _logits(load_vlm(src).model, ids, pix), atol=0, rtol=0)
 
 

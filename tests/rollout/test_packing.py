@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from numerics import assert_close_scaled
 
 from r1v.rollout.packing import can_pack, linear, packed_linears
+
+pytestmark = pytest.mark.numerics  # float tolerances: `make test-portable` reruns these
 
 
 def test_packed_linears_give_the_same_outputs_and_are_removed_after() -> None:
@@ -17,7 +21,7 @@ def test_packed_linears_give_the_same_outputs_and_are_removed_after() -> None:
         assert all("forward" in vars(m) for m in (net[0], net[2])) or not can_pack(net[0].weight)
     assert n == (2 if can_pack(net[0].weight) else 0)
     assert not any("forward" in vars(m) for m in net)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_close_scaled(got, want)
 
 
 def test_linear_packs_when_it_can_and_falls_back_to_f_linear() -> None:
@@ -25,5 +29,5 @@ def test_linear_packs_when_it_can_and_falls_back_to_f_linear() -> None:
     w, b, x = torch.randn(5, 8), torch.randn(5), torch.randn(3, 8)
     want = torch.nn.functional.linear(x, w, b)
     for batch in (3, None):
-        torch.testing.assert_close(linear(w, b, batch)(x), want, rtol=1e-5, atol=1e-5)
+        assert_close_scaled(linear(w, b, batch)(x), want)
     torch.testing.assert_close(linear(w.double(), None, 3)(x.double()), x.double() @ w.double().T)
