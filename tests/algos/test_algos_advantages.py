@@ -76,3 +76,21 @@ def test_effective_ratio_and_zero_variance() -> None:
     assert effective_ratio(adv) == pytest.approx(1 / 3)
     assert effective_ratio(torch.empty(0)) == 0.0
     assert zero_variance_groups(rewards, 4).tolist() == [False, True, True]
+
+
+@pytest.mark.parametrize("name", sorted(ADVANTAGES))
+@pytest.mark.parametrize("value", [0.1, 0.3, 1 / 3, -0.7, 123.456])
+def test_a_constant_group_gets_exactly_zero_whatever_its_value(name: str, value: float) -> None:
+    """All 0.1 (a reward weight of 0.1) used to give about -7e-5 per sample under the std division: the
+    effective ratio of a constant group plus a mixed one read 1.0 (true 0.5) and the buffer filled nothing."""
+    from r1v.algos.ssb import SelectiveSampleBuffer, SSBConfig, groups_from_flat
+
+    rewards = torch.tensor([value] * 8 + [0.0, 1.0] * 4)  # G=8: one constant group, one mixed
+    adv = compute_advantages(name, rewards, 8)
+    assert torch.equal(adv[:8], torch.zeros(8))
+    assert (adv[8:] != 0).all() and effective_ratio(adv) == 0.5
+    assert zero_variance_groups(rewards, 8).tolist() == [True, False]
+    buffer = SelectiveSampleBuffer(SSBConfig(max_buffer_fraction=1.0))
+    buffer.add([(f"old{i}", 0.5) for i in range(8)], step=0)
+    filled = buffer.fill(groups_from_flat(list(range(16)), adv, 8), step=1)
+    assert filled.stats["effective_ratio_without"] == 0.5 and filled.stats["from_buffer"] == 8

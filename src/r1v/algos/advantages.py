@@ -4,7 +4,8 @@ Rewards arrive flat, `[B*G]`, laid out group by group: the `num_generations` (G)
 prompt 0, then those of prompt 1, and so on. Every estimator returns advantages of the same shape.
 
 - `grpo`:        `(r - mean_g) / (std_g + eps)`  (R1V2 eq. 7; std is the unbiased sample std, as in
-                 TRL and verl; a group whose rewards are all equal gets advantage 0).
+                 TRL and verl; a group whose rewards are all equal gets advantage exactly 0, whatever
+                 the value, e.g. all 0.1).
 - `grpo_no_std`: `r - mean_g` (TRL `scale_rewards="none"`, verl `norm_adv_by_std_in_grpo=False`).
 - `dr_grpo`:     Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-like training") removes both the std
                  division and the per-sequence length normalisation. The advantage itself is the
@@ -37,22 +38,28 @@ def _grouped(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
 
 
 def _group_stats(grouped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """NaN-aware group mean and unbiased std. Returns (mean [B,1], std [B,1], valid [B,G])."""
+    """NaN-aware group mean and unbiased std, in float64. Returns (mean [B,1], std [B,1], live [B,G]):
+    `live` is False for unscored rewards and for every member of a group whose scored rewards are all
+    equal, so such a group gets advantage exactly 0 (in float32, `0.1 - mean(0.1, ..., 0.1)` is an ulp,
+    which the std division would blow up to about -7e-5)."""
     valid = ~torch.isnan(grouped)  # [B, G]
-    r = torch.where(valid, grouped, torch.zeros_like(grouped))  # [B, G]
+    r = torch.where(valid, grouped, torch.zeros_like(grouped)).double()  # [B, G]
     n = valid.sum(dim=1, keepdim=True)  # [B, 1]
     mean = r.sum(dim=1, keepdim=True) / n.clamp(min=1)  # [B, 1]
     sq = torch.where(valid, (r - mean) ** 2, torch.zeros_like(r)).sum(dim=1, keepdim=True)  # [B, 1]
     std = torch.sqrt(sq / (n - 1).clamp(min=1))  # [B, 1]
-    return mean, std, valid
+    hi = torch.where(valid, r, torch.full_like(r, -torch.inf)).amax(dim=1, keepdim=True)  # [B, 1]
+    lo = torch.where(valid, r, torch.full_like(r, torch.inf)).amin(dim=1, keepdim=True)  # [B, 1]
+    live = valid & (hi > lo)  # [B, G]
+    return mean, std, live
 
 
 def grpo_no_std_advantages(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
-    """`r - group mean`. rewards: `[B*G]` -> `[B*G]`."""
+    """`r - group mean`. rewards: `[B*G]` -> `[B*G]` (float32)."""
     grouped = _grouped(rewards, num_generations)  # [B, G]
-    mean, _, valid = _group_stats(grouped)
-    adv = torch.where(valid, grouped - mean, torch.zeros_like(grouped))  # [B, G]
-    return adv.view(-1)
+    mean, _, live = _group_stats(grouped)
+    adv = torch.where(live, grouped.double() - mean, torch.zeros_like(mean))  # [B, G]
+    return adv.float().view(-1)
 
 
 def grpo_advantages(rewards: torch.Tensor, num_generations: int, eps: float = 1e-4,
@@ -64,10 +71,9 @@ def grpo_advantages(rewards: torch.Tensor, num_generations: int, eps: float = 1e
     if not scale_by_std:
         return grpo_no_std_advantages(rewards, num_generations)
     grouped = _grouped(rewards, num_generations)  # [B, G]
-    mean, std, valid = _group_stats(grouped)
-    adv = (grouped - mean) / (std + eps)  # [B, G]
-    adv = torch.where(valid, adv, torch.zeros_like(adv))
-    return adv.view(-1)
+    mean, std, live = _group_stats(grouped)
+    adv = torch.where(live, (grouped.double() - mean) / (std + eps), torch.zeros_like(mean))  # [B, G]
+    return adv.float().view(-1)
 
 
 def dr_grpo_advantages(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
