@@ -37,11 +37,13 @@ import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from r1v.errors import ModelError
 from r1v.rollout.packing import packed_linears
 from r1v.rollout.step import FusedStep
+from r1v.rollout.streams import uniforms
 
 #: drop finished rows from the cache once at most this share of its rows is still generating
 COMPACT_AT = 0.75
@@ -173,12 +175,13 @@ def _masks(attention_mask: torch.Tensor, total: int, dtype: torch.dtype) -> tupl
     return prefill, step
 
 
-def sample_rows(scores: torch.Tensor) -> torch.Tensor:
+def sample_rows(scores: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row drawn from softmax(scores) [B, V] by inverting the CDF with one uniform per row
-    (tokens at -inf have zero mass and are never drawn)."""
+    (tokens at -inf have zero mass and are never drawn). `u` [B] in [0, 1): the rows' uniforms (default:
+    drawn from torch's global generator)."""
     cdf = scores.softmax(-1).cumsum_(-1)
     total = cdf[:, -1:]
-    u = torch.rand_like(total) * total
+    u = (torch.rand_like(total) if u is None else u.to(total.device, total.dtype).view_as(total)) * total
     u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the total
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=scores.shape[1] - 1)
 
@@ -191,7 +194,8 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
            min_new_tokens: int = 0, return_logprobs: bool = False,
            on_token: Callable[[torch.Tensor], None] | None = None,
            stop_check: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
-           pack_weights: bool = True, fused_step: bool = True) -> DecodeOutput:
+           pack_weights: bool = True, fused_step: bool = True,
+           row_keys: np.ndarray | None = None) -> DecodeOutput:
     """Generate up to `max_new_tokens` per row of a LEFT-padded prompt batch.
 
     - transforms: `fn(state, scores [B, V] float32) -> scores`, applied in order after `min_new_tokens`'
@@ -202,6 +206,8 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     - pack_weights: run the body's and head's float32 CPU linears on MKL-packed weights (`packed_linears`).
     - fused_step: run the decode steps of a plain Qwen2/Llama body through `r1v.rollout.step.FusedStep`
       (fused q/k/v and gate/up linears, packed when float32 on CPU; the prefill still runs the model).
+    - row_keys: [B] uint64 stream keys (`r1v.rollout.streams`); row r then draws its step-t uniform from
+      `(row_keys[r], t)`, so its tokens do not depend on the other rows of the batch. None: torch's generator.
     The loop ends when every row has produced a stop id / met `stop_check`, or after `max_new_tokens`.
     """
     lm, head, mm = model_parts(model)
@@ -209,6 +215,8 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     device = input_ids.device
     dtype = head.weight.dtype
     b, p = input_ids.shape
+    if row_keys is not None and len(row_keys) != b:
+        raise ValueError(f"decode: {len(row_keys)} row keys for {b} rows")
     total = p + max_new_tokens
 
     body = mm if (mm is not None and pixel_values is not None) else lm
@@ -260,7 +268,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
             for fn in transforms:
                 scores = fn(state, scores)
             if sample:
-                nxt = sample_rows(scores)
+                nxt = sample_rows(scores, uniforms(row_keys, t) if row_keys is not None else None)
             else:
                 nxt = scores.argmax(-1)
             nxt = nxt.masked_fill_(done, pad_id)

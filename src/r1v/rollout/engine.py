@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+import numpy as np
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
@@ -25,6 +26,7 @@ from transformers.generation.streamers import BaseStreamer
 from r1v.data.schema import Sample
 from r1v.processing.spec import IMG_CONTEXT, IMG_END, IMG_START
 from r1v.rollout.decode import decode
+from r1v.rollout.streams import row_keys
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -43,6 +45,8 @@ class SamplingParams:
     - think: use the template's thinking prefill (False = answer directly).
     - n: completions per sample (GRPO's num_generations).
     - min_new_tokens: the stop ids are suppressed before this many tokens (benchmarks, fixed lengths).
+    - seed: seeds torch's global generator before the call (the rows' draws then depend on the batch); for
+      draws that do not, pass per-sample `seeds` to `generate` (RL rollouts do).
     """
 
     max_new_tokens: int = 1024
@@ -94,9 +98,14 @@ class Completion:
 
 
 class RolloutEngine(Protocol):
-    """What every engine offers: `generate(samples, params) -> one list of n Completions per sample`."""
+    """What every engine offers: `generate(samples, params) -> one list of n Completions per sample`.
 
-    def generate(self, samples: Sequence[Sample], params: SamplingParams) -> list[list[Completion]]: ...
+    `seeds` (one int per sample, optional): completion j of sample i is sampled from a random stream keyed
+    by `(seeds[i], j)` alone, so it is the same whichever other samples share the call (world-size
+    invariant rollouts: the same prompts on 1 or N processes sample the same completions)."""
+
+    def generate(self, samples: Sequence[Sample], params: SamplingParams,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]: ...
 
 
 # ----------------------------------------------------------------------------------- logits processors
@@ -418,7 +427,8 @@ class TransformersEngine:
         return out[:, kwargs["input_ids"].shape[1]:].cpu()
 
     def _generate_static(self, kwargs: dict, params: SamplingParams, procs: LogitsProcessorList,
-                         streamer: BaseStreamer | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                         streamer: BaseStreamer | None, keys: np.ndarray | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Our decode loop (`r1v.rollout.decode`): same processors, same order, pre-allocated KV cache."""
         transforms = []
         track = False
@@ -441,7 +451,7 @@ class TransformersEngine:
                      stop_ids=self.stop_ids, pad_id=self.pad_id, sample=params.temperature > 0,
                      transforms=transforms, track_seen=track, min_new_tokens=params.min_new_tokens,
                      return_logprobs=params.return_logprobs, on_token=on_token,
-                     stop_check=self._stop_check(params.stop) if params.stop else None)
+                     stop_check=self._stop_check(params.stop) if params.stop else None, row_keys=keys)
         if streamer is not None:
             streamer.end()
         lp = out.logprobs.cpu() if out.logprobs is not None else None
@@ -481,11 +491,18 @@ class TransformersEngine:
 
     @torch.no_grad()
     def generate(self, samples: Sequence[Sample], params: SamplingParams,
-                 on_text: Callable[[str, str], None] | None = None) -> list[list[Completion]]:
-        """Sample `params.n` completions for each sample. `on_text(kind, delta)` streams a single row."""
+                 on_text: Callable[[str, str], None] | None = None,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """Sample `params.n` completions for each sample. `on_text(kind, delta)` streams a single row;
+        `seeds` (one per sample) gives each completion its own random stream (see `RolloutEngine`)."""
         params.validate()
         if not samples:
             return []
+        if seeds is not None and len(seeds) != len(samples):
+            raise ValueError(f"{len(seeds)} seeds for {len(samples)} samples")
+        if seeds is not None and self.backend == "hf":
+            raise ValueError("per-sample seeds need backend='static' (transformers' generate draws from one "
+                             "global generator)")
         rows_samples = _repeat_samples(samples, params.n)
         batch = self.processor.encode_batch_prompts(rows_samples, think=params.think)
         input_ids, attn = batch["input_ids"], batch["attention_mask"]
@@ -508,7 +525,8 @@ class TransformersEngine:
         if self.backend == "hf":
             gen = self._generate_hf(kwargs, params, procs, streamer)
         else:
-            gen, step_logprobs = self._generate_static(kwargs, params, procs, streamer)
+            keys = row_keys(seeds, params.n) if seeds is not None else None
+            gen, step_logprobs = self._generate_static(kwargs, params, procs, streamer, keys)
 
         completions: list[Completion] = []
         token_lists: list[list[int]] = []
