@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from r1v.errors import R1VError
+from r1v.errors import ConfigError, R1VError
 
 app = typer.Typer(
     help="r1v: build, train, evaluate and serve R1V-style vision reasoning models.",
@@ -137,12 +137,29 @@ def plan(
     loss_tokens: Annotated[int | None, typer.Option(help="Tokens with a loss per sample (default: seq-len).")] = None,
     checkpointing: Annotated[bool, typer.Option(help="Activation checkpointing.")] = True,
     offload_optimizer: Annotated[bool, typer.Option(help="Optimiser state in CPU RAM (fsdp/zero3).")] = False,
+    stage: Annotated[str, typer.Option(help="sft (any supervised stage) or grpo (trainer + rollout engine).")] = "sft",
+    placement: Annotated[str, typer.Option(help="grpo: colocated (vLLM on the training GPUs) or separate.")] = "colocated",
+    rollout_tp: Annotated[int, typer.Option(help="grpo: vLLM tensor-parallel size.")] = 1,
+    rollout_gpus: Annotated[int, typer.Option(help="grpo, separate: GPUs serving rollouts.")] = 0,
+    sleep: Annotated[bool, typer.Option(help="grpo, colocated: vLLM sleep mode during the update.")] = True,
+    prompt_tokens: Annotated[int, typer.Option(help="grpo: prompt tokens per sequence (images included).")] = 4096,
+    max_completion_length: Annotated[int, typer.Option(help="grpo: generated tokens per completion.")] = 8192,
+    prompts_per_step: Annotated[int, typer.Option(help="grpo: prompts per rollout batch.")] = 64,
+    num_generations: Annotated[int, typer.Option(help="grpo: completions per prompt (G).")] = 8,
+    beta: Annotated[float, typer.Option(help="grpo: KL coefficient (> 0 loads the frozen reference).")] = 0.0,
+    recommend: Annotated[bool, typer.Option("--recommend", help="grpo: try every layout and pick one.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
-    """Memory per GPU (weights, gradients, optimiser, activations) for a preset, policy and layout; does it fit?"""
-    from r1v.model.plan import PlanRequest, plan_memory, render_plan
-
+    """Memory per GPU (weights, gradients, optimiser, activations; for GRPO also the reference and the rollout
+    engine's weights and KV cache) for a preset, policy and layout; does it fit?"""
     try:
+        if stage == "grpo":
+            _plan_grpo(locals())
+            return
+        if stage != "sft":
+            raise ConfigError(f"--stage: {stage!r} is not one of sft, grpo")
+        from r1v.model.plan import PlanRequest, plan_memory, render_plan
+
         report = plan_memory(PlanRequest(
             preset=preset, gpus=gpus, policy=policy, strategy=strategy, seq_len=seq_len, micro_batch=micro_batch,
             gpu_mem_gb=gpu_mem_gb, tiles_per_sample=tiles, loss_tokens=loss_tokens,
@@ -153,6 +170,38 @@ def plan(
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
         render_plan(report)
+
+
+def _plan_grpo(opts: dict) -> None:
+    """`r1v plan --stage grpo`: one layout's plan, or (`--recommend`) every layout and the chosen one."""
+    from r1v.model.plan import shapes_of
+    from r1v.model.plan_rl import RLPlanRequest, estimate_rl, recommend, render_rl_plan
+
+    req = RLPlanRequest(
+        preset=opts["preset"], gpus=opts["gpus"], policy=opts["policy"], strategy=opts["strategy"],
+        gpu_mem_gb=opts["gpu_mem_gb"], prompt_tokens=opts["prompt_tokens"],
+        max_completion_length=opts["max_completion_length"], prompts_per_step=opts["prompts_per_step"],
+        num_generations=opts["num_generations"], micro_batch=opts["micro_batch"], tiles_per_sample=opts["tiles"],
+        beta=opts["beta"], placement=opts["placement"], sleep=opts["sleep"], rollout_tp=opts["rollout_tp"],
+        rollout_gpus=opts["rollout_gpus"])
+    shapes = shapes_of(req.preset)
+    if opts["recommend"]:
+        best, plans = recommend(shapes, req)
+        if opts["as_json"]:
+            typer.echo(json.dumps({"recommended": best.to_dict() if best else None,
+                                   "candidates": [p.to_dict() for p in plans]}, indent=2, default=str))
+        elif best is None:
+            render_rl_plan(plans[0], plans)
+            raise ConfigError(f"no layout of {req.gpus} GPUs of {req.gpu_mem_gb:g} GiB fits; add GPUs, shorten "
+                              "max_completion_length or train fewer parts")
+        else:
+            render_rl_plan(best, plans)
+        return
+    report = estimate_rl(shapes, req)
+    if opts["as_json"]:
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        render_rl_plan(report)
 
 
 @app.command()
