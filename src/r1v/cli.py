@@ -315,8 +315,9 @@ def eval_(
         summary = evaluate(cfg)
     except R1VError as e:
         _fail(e)
-    typer.echo(markdown(summary))
-    typer.echo(f"wrote {out / 'report.json'}")
+    if summary:  # only process 0 reports under torchrun
+        typer.echo(markdown(summary))
+        typer.echo(f"wrote {out / 'report.json'}")
 
 
 sandbox_app = typer.Typer(help="Run Python in the agent's code sandbox (no network, limits, fresh folder).",

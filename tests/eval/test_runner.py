@@ -18,7 +18,7 @@ class FakeEngine:
         self.seen: list[str] = []
         self.fail_after = fail_after
 
-    def generate(self, samples, params):
+    def generate(self, samples, params, seeds=None):
         out = []
         for s in samples:
             if self.fail_after is not None and len(self.seen) >= self.fail_after:
@@ -120,3 +120,32 @@ def test_cli_eval_on_the_tiny_preset_with_a_tile_cap(tmp_path, shared_data) -> N
     assert rep["items"] == 3 and rep["settings"]["max_tiles"] == 1
     rows = [json.loads(x) for x in (out / "run_1.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["num_tokens"] <= 4 for r in rows)
+
+
+def test_eval_on_two_processes_gives_the_one_process_report(tmp_path, shared_data) -> None:
+    """Items split over 2 gloo processes, sampled (temperature 0.6) from per-item streams: the merged run file
+    and the report equal the 1-process run's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["eval", "--model", "tiny", "--benchmark", "k12", "--data", str(shared_data / "k12"), "--limit", "5",
+            "--max-new-tokens", "6", "--max-tiles", "1", "--temperature", "0.6", "--batch-size", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(port), "-m", "r1v.cli", *args, "--out",
+                          str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
+    one = subprocess.run([sys.executable, "-m", "r1v.cli", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, (one.stdout + one.stderr)[-3000:]
+    runs = {k: (tmp_path / k / "run_1.jsonl").read_text() for k in ("one", "two")}
+    assert runs["one"] == runs["two"] and runs["one"].count("\n") == 5
+    assert not list((tmp_path / "two").glob("*.part-*"))
+    reports = {k: json.loads((tmp_path / k / "report.json").read_text()) for k in ("one", "two")}
+    assert reports["one"] == reports["two"]
+    assert len({json.loads(x)["response"] for x in runs["one"].splitlines()}) > 1  # sampled, not constant

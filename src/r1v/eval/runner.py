@@ -12,6 +12,12 @@ the length limit, the hallucination rate (see `r1v.eval.hallucination`) -> repor
 
 Generation defaults are for reasoning models: 4096 new tokens (not 128, which cuts reasoning off) and
 Skywork's sampling (temperature 0.6, top_p 0.95, repetition penalty 1.05).
+
+On N processes (`torchrun --nproc_per_node N $(which r1v) eval ...`) the items are split into contiguous
+shards, one per process; each appends to `run_<k>.part-<rank>.jsonl`, then process 0 merges the parts into
+`run_<k>.jsonl` in item order and alone scores and writes the report. Item i of run k samples from its own
+random stream (`r1v.rollout.streams`, keyed by seed, run and i), so the report is the same on 1 process and
+on N, and a run resumed on another number of processes continues from every finished item.
 """
 
 from __future__ import annotations
@@ -77,6 +83,20 @@ class EvalConfig:
 
 
 # ------------------------------------------------------------------------------------- output files
+
+
+def part_files(path: Path) -> list[Path]:
+    """The per-process part files of run file `path` (`run_1.part-0.jsonl`, ...), in rank order."""
+    parts = path.parent.glob(f"{path.stem}.part-*{path.suffix}")
+    return sorted(parts, key=lambda p: int(p.stem.rsplit("-", 1)[1]) if p.stem.rsplit("-", 1)[1].isdigit() else -1)
+
+
+def read_run(path: Path) -> dict[str, dict[str, Any]]:
+    """Finished records of a run by id: the merged file and every process's part file."""
+    done = read_done(path)
+    for part in part_files(path):
+        done.update(read_done(part))
+    return done
 
 
 def read_done(path: Path) -> dict[str, dict[str, Any]]:
@@ -185,20 +205,25 @@ def _progress(console: Console) -> Progress:
 
 
 def generate_run(engine, samples: list[Sample], path: Path, cfg: EvalConfig, run: int,
-                 progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Generate every sample not yet in `path`, appending batch by batch; returns all records in order."""
+                 progress: Progress | None = None, *, done: dict[str, dict[str, Any]] | None = None,
+                 first_index: int = 0) -> list[dict[str, Any]]:
+    """Generate every sample not yet done (`done`, default: the records in `path`), appending batch by batch
+    to `path`; returns the records of `samples` in order. `samples[j]` is item `first_index + j` of the
+    benchmark, which keys its random stream."""
     from r1v.rollout.engine import SamplingParams
+    from r1v.rollout.streams import stream_key
 
-    done = read_done(path)
-    todo = [s for s in samples if s.id not in done]
+    done = dict(read_done(path) if done is None else done)
+    todo = [(first_index + j, s) for j, s in enumerate(samples) if s.id not in done]
     task = progress.add_task(f"run {run + 1}/{cfg.runs}", total=len(samples), completed=len(samples) - len(todo)) \
         if progress else None
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            repetition_penalty=cfg.repetition_penalty, max_think_tokens=cfg.max_think_tokens,
+                            think=cfg.think)
     for start in range(0, len(todo), cfg.batch_size):
-        batch = todo[start:start + cfg.batch_size]
-        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                repetition_penalty=cfg.repetition_penalty, max_think_tokens=cfg.max_think_tokens,
-                                think=cfg.think, seed=cfg.seed * 1000 + run * 100_003 + start)
-        groups = engine.generate(batch, params)
+        chunk = todo[start:start + cfg.batch_size]
+        batch = [s for _, s in chunk]
+        groups = engine.generate(batch, params, seeds=[stream_key(cfg.seed, run, i) for i, _ in chunk])
         records = [output_record(s, g[0]) for s, g in zip(batch, groups, strict=True)]
         append_records(path, records)
         for rec in records:
@@ -208,22 +233,51 @@ def generate_run(engine, samples: list[Sample], path: Path, cfg: EvalConfig, run
     return [done[s.id] for s in samples if s.id in done]
 
 
+def generate_sharded(engine, samples: list[Sample], path: Path, cfg: EvalConfig, run: int,
+                     progress: Progress | None = None) -> list[dict[str, Any]] | None:
+    """`generate_run` over this process's shard of `samples`; on process 0 the whole run's records in item
+    order (merged into `path`, the part files removed), on the others None."""
+    from r1v.distributed import barrier, shard_bounds, world_info
+
+    rank, world = world_info()
+    if world == 1:
+        return generate_run(engine, samples, path, cfg, run, progress, done=read_run(path))
+    start, stop = shard_bounds(len(samples), rank, world)
+    generate_run(engine, samples[start:stop], path.with_name(f"{path.stem}.part-{rank}{path.suffix}"), cfg, run,
+                 progress, done=read_run(path), first_index=start)
+    barrier()
+    records = None
+    if rank == 0:
+        done = read_run(path)
+        records = [done[s.id] for s in samples if s.id in done]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        os.replace(tmp, path)
+        for part in part_files(path):
+            part.unlink()
+    barrier()
+    return records
+
+
 def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
              console: Console | None = None) -> dict[str, Any]:
     """Run the whole evaluation; returns the report dict (also written to `cfg.out/report.json`)."""
     from r1v.data.benchmarks import load_benchmark, with_prompt
+    from r1v.distributed import ensure_process_group
     from r1v.eval.hallucination import hallucination_report
     from r1v.eval.report import write_eval_report
     from r1v.eval.score import score_generated
 
     cfg.validate()
-    console = console or Console()
+    rank, _ = ensure_process_group()
+    console = console or Console(quiet=rank != 0)
     samples = load_benchmark(cfg.benchmark, cfg.data, limit=cfg.limit)
     if not samples:
         raise DataError("no samples loaded", source=str(cfg.data))
     samples = [with_prompt(s, cfg.prompt) for s in samples]
     cfg.out.mkdir(parents=True, exist_ok=True)
-    (cfg.out / "config.json").write_text(json.dumps(_jsonable(cfg.__dict__), indent=2))
+    if rank == 0:
+        (cfg.out / "config.json").write_text(json.dumps(_jsonable(cfg.__dict__), indent=2))
     if engine is None:
         from r1v.model.build import load_vlm
         from r1v.rollout.engine import TransformersEngine
@@ -238,7 +292,9 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
     runs: list[dict[str, Any]] = []
     with _progress(console) as progress:
         for run in range(cfg.runs):
-            records = generate_run(engine, samples, cfg.out / f"run_{run + 1}.jsonl", cfg, run, progress)
+            records = generate_sharded(engine, samples, cfg.out / f"run_{run + 1}.jsonl", cfg, run, progress)
+            if records is None:  # not process 0: its shard is merged; process 0 scores and reports
+                continue
             report = score_fn(cfg.benchmark, records, cfg.out / f"run_{run + 1}.official.json",
                               judge_url=cfg.judge_url, judge_model=cfg.judge_model)
             by_id = {s.id: s for s in samples}
@@ -247,6 +303,8 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
             runs.append({"run": run + 1, "score": report.to_json(), "lengths": length_stats(records),
                          "think_lengths": [int(r.get("num_think_tokens", 0)) for r in records],
                          "hallucination": hall})
+    if rank != 0:
+        return {}
     accs = [r["score"]["accuracy"] for r in runs]
     mean, ci = mean_ci95(accs)
     if len(accs) == 1:
