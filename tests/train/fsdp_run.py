@@ -3,8 +3,8 @@
     python tests/train/fsdp_run.py OUT_DIR --micro 4               # one process
     torchrun --nproc_per_node 2 tests/train/fsdp_run.py OUT_DIR --micro 2 --shard   # FSDP2, gloo, CPU
 
-With `--shard` the model is sharded across the processes with FSDP2's `fully_shard` (each decoder layer,
-then the root) on a CPU device mesh before `r1v.train.train` (accelerate's own FSDP plugin needs an
+With `--shard` (`train.fsdp`) the loop shards the model across the processes with FSDP2's `fully_shard`
+(each decoder and ViT layer, then the root) on a CPU device mesh (accelerate's own FSDP plugin needs an
 accelerator device), so its parameters are DTensors when the checkpoint exports it.
 OUT_DIR/info.json records whether the parameters were DTensors.
 """
@@ -36,19 +36,11 @@ def run(out: Path, micro: int, shard: bool, steps: int = 2, resume: bool = False
     items = [processor.encode_for_training(r.sample) for r in synthetic_rows(16, seed=3)]
     cfg = TrainConfig(lr=1e-3, warmup_ratio=0.0, max_steps=steps, micro_batch_size=micro, device="cpu", out_dir=out,
                       report_to=["jsonl"], progress=False, plots=False, seed=7, policy="full",
-                      resume=resume, save_every=save_every)
+                      resume=resume, save_every=save_every, fsdp=shard)
     accelerator = setup_accelerator(cfg)
-    if shard:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
-        mesh = init_device_mesh("cpu", (accelerator.num_processes,))
-        for layer in vlm.model.model.language_model.layers:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(vlm.model, mesh=mesh)
-    sharded = is_sharded(vlm.model)
     result = train(vlm.model, items, sft_objective(), cfg, collate_fn=processor.collate_training,
                    export_fn=export_fn(vlm), accelerator=accelerator)
+    sharded = is_sharded(vlm.model)
     if accelerator.is_main_process:
         (out / "info.json").write_text(json.dumps({"sharded": sharded, "world": accelerator.num_processes,
                                                    "checkpoint": str(result.checkpoint),

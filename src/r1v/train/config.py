@@ -52,6 +52,10 @@ class TrainConfig:
     policy: str = "connector"
     """Trainable-part policy (connector, connector+llm, connector+vision, full, lora)."""
     gradient_checkpointing: bool = False
+    fsdp: bool = False
+    """Shard the model with FSDP2's `fully_shard` over all processes (`r1v.train.shard`) when the launch does
+    not (torchrun, CPU/gloo included); with `accelerate launch --config_file configs/accelerate/fsdp2.yaml`
+    leave it off, accelerate shards."""
     out_dir: Path = Path("runs/train")
     save_every: int = 0
     """Write a checkpoint every this many optimiser steps (0: only at the end)."""

@@ -32,6 +32,7 @@ from r1v.errors import ConfigError
 from r1v.train.config import TrainConfig
 from r1v.train.metrics import MetricsLogger, Progress, plot_metrics
 from r1v.train.optim import build_optimizer, build_scheduler
+from r1v.train.shard import shard_model
 from r1v.train.state import TrainState, is_sharded, latest_checkpoint, load_checkpoint, save_checkpoint
 
 IGNORE_INDEX = -100
@@ -271,6 +272,8 @@ def train(model: nn.Module, dataset: Sequence[Any], objective: Objective, cfg: T
     total = cfg.max_steps if cfg.max_steps is not None else steps_per_epoch * cfg.epochs
     if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.fsdp and not is_sharded(model):
+        shard_model(model, accelerator)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total)
     if is_sharded(model):  # sharded by the caller with FSDP2's fully_shard (e.g. on CPU): used as it is
