@@ -44,7 +44,7 @@ def ensure_process_group() -> tuple[int, int]:
     if not _initialized() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         from accelerate import PartialState
 
-        PartialState()
+        PartialState(cpu=not torch.cuda.is_available())
     return world_info()
 
 

@@ -8,6 +8,7 @@ import torch
 from numerics import assert_close_scaled
 from PIL import Image
 
+from r1v.algos.logprobs import completion_logits, completion_logps
 from r1v.algos.losses import logprobs_and_entropy
 from r1v.algos.prefix import (
     completion_hidden,
@@ -20,7 +21,7 @@ from r1v.data.schema import Sample
 from r1v.model.build import build_preset
 from r1v.processing.processor import Processor
 from r1v.recipes.common import apply_trainable
-from r1v.recipes.grpo import RolloutItem, collate, completion_logits, completion_logps
+from r1v.rollout.batch import RolloutItem, training_batch
 
 pytestmark = pytest.mark.numerics  # float tolerances: `make test-portable` reruns these
 
@@ -39,8 +40,9 @@ def _batch(vlm, images: bool = False):
     a = Sample.from_question("a", "What is two plus two, please?")
     b = Sample.from_question("b", "Hi.", images=img)  # shorter: left padding in the prompt block
     comps = [[5, 6, 7, 8], [9, 10], [11], [12, 13, 14], [15, 16, 17, 18], [19]]
-    items = [RolloutItem(s, c, truncated=False) for s, c in zip([a, a, a, b, b, b], comps, strict=True)]
-    return collate(proc, items, [1.0, -1.0, 0.5, 0.2, -0.3, 0.1], think=False, pad_id=0, mask_truncated=False)
+    items = [RolloutItem(p, c, truncated=False) for p, c in zip([0, 0, 0, 1, 1, 1], comps, strict=True)]
+    return training_batch(proc, [[a, b][it.prompt] for it in items], items, [1.0, -1.0, 0.5, 0.2, -0.3, 0.1],
+                          think=False, pad_id=0, mask_truncated=False)
 
 
 def _whole(model, batch):

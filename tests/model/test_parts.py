@@ -64,3 +64,20 @@ def test_lora_on_llm_only_connector_trainable():
     assert sum(p.numel() for n, p in vlm.model.named_parameters() if "lora_" in n) == estimate
     _loss(vlm.model, vlm).backward()
     assert all(p.grad is not None for n, p in vlm.model.named_parameters() if n in trainable and "lora_B" not in n)
+
+
+def test_lora_adapters_start_the_same_whatever_the_process_rng() -> None:
+    """The adapters' init does not come from the running generator: before, two runs (or two processes of
+    one sharded run) started from different LoRA A matrices, and the same config trained differently."""
+    from r1v.model.build import build_preset
+    from r1v.model.parts import apply_lora
+
+    inits = []
+    for noise in (1, 2):
+        torch.manual_seed(noise)
+        torch.rand(noise * 7)  # a different generator position each time
+        vlm = apply_lora(build_preset("tiny"))
+        inits.append({n: p.detach().clone() for n, p in vlm.model.named_parameters() if "lora_A" in n})
+    assert inits[0].keys() == inits[1].keys() and len(inits[0]) > 4
+    assert all(torch.equal(inits[0][k], inits[1][k]) for k in inits[0])
+    assert any(float(v.abs().sum()) > 0 for v in inits[0].values())

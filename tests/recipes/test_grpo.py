@@ -10,22 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
+from r1v.algos.logprobs import completion_logits
 from r1v.algos.ssb import SSBConfig
 from r1v.data.schema import Sample
 from r1v.model.build import build_preset
 from r1v.recipes.common import apply_trainable
-from r1v.recipes.grpo import (
-    GRPOConfig,
-    RewardItem,
-    RolloutItem,
-    build_reward,
-    collate,
-    completion_logits,
-    frozen_reference,
-    plot_reward_and_ratio,
-    train_grpo,
-)
+from r1v.recipes.grpo import GRPOConfig, RewardItem, build_reward, frozen_reference, score, train_grpo
+from r1v.rollout.batch import RolloutItem, training_batch
 from r1v.train import TrainConfig
+from r1v.train.metrics import plot_reward_and_ratio
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -168,9 +161,10 @@ def test_collate_lines_up_completions_and_masks_truncated_ones() -> None:
     vlm = build_preset("tiny")
     proc = Processor(vlm.tokenizer, vlm.spec)
     old = torch.tensor([-0.5, -0.25])
-    items = [RolloutItem(prompts(2, images=True)[1], [5, 6, 7], truncated=True),
-             RolloutItem(prompts(1)[0], [8, 9], truncated=False, old_logp=old)]
-    b = collate(proc, items, [1.0, -1.0], think=False, pad_id=0, mask_truncated=True)
+    items = [RolloutItem(1, [5, 6, 7], truncated=True), RolloutItem(0, [8, 9], truncated=False, old_logp=old)]
+    samples = prompts(2, images=True)
+    b = training_batch(proc, [samples[it.prompt] for it in items], items, [1.0, -1.0], think=False, pad_id=0,
+                       mask_truncated=True)
     width = b["input_ids"].shape[1] - 3
     assert b["completion_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
     assert b["completion_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
@@ -186,15 +180,19 @@ def test_collate_lines_up_completions_and_masks_truncated_ones() -> None:
 
 
 def test_hybrid_reward_adds_the_reward_model_score(plugin) -> None:
+    from r1v.recipes.grpo import reward_model_scorer
+
     plugin.with_name("rm.py").write_text("def score(completion, columns):\n    return 2.0\n")
-    columns = {"id": "x", "answer": "A", "choices": ["1", "2"]}
+    sample = Sample.from_question("x", "Which?", answer="A", choices=["1", "2"])
     good, bad = "<think>compare</think> \\boxed{A}", "B"
     cfg = GRPOConfig(reward_model=f"{plugin.with_name('rm.py')}:score", reward_model_weight=0.5)
-    parts = build_reward(cfg)(good, columns)
+    items = [RolloutItem(0, [1], False), RolloutItem(0, [2], False)]
+    score(items, [good, bad], [sample], build_reward(cfg), reward_model_scorer(cfg, "cpu"), 0.5)
+    parts = items[0].parts
     assert parts["accuracy"] == 1.0 and parts["format"] == 1.0 and parts["rm"] == 2.0
-    assert parts["overall"] == pytest.approx(1.0 + 1.0 + 0.5 * 2.0)  # r_rule + r_format + w * r_RM
-    parts = build_reward(cfg, reward_model=lambda completion, columns: -1.0)(bad, columns)
-    assert parts["overall"] == pytest.approx(0.0 + 0.0 + 0.5 * -1.0)
+    assert items[0].reward == pytest.approx(1.0 + 1.0 + 0.5 * 2.0)  # r_rule + r_format + w * r_RM
+    score(items, [good, bad], [sample], build_reward(cfg), lambda samples, texts: [-1.0] * len(texts), 0.5)
+    assert items[1].reward == pytest.approx(0.0 + 0.0 + 0.5 * -1.0)
 
 
 def test_config_rejects_bad_values(tmp_path) -> None:

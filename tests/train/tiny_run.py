@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import namedtuple
 from pathlib import Path
 
 import torch
@@ -33,6 +34,9 @@ def tiny_model(dropout: float = 0.0, seed: int = 0) -> torch.nn.Module:
     return Qwen2ForCausalLM(config)
 
 
+Output = namedtuple("Output", ["logits"])  # a tuple, so DDP can find the output tensors (unused-parameter search)
+
+
 class TinyLM(torch.nn.Module):
     """A plain-torch causal LM (no transformers import, so subprocesses start fast): each position sees
     itself and the previous token; dropout makes the RNG state matter."""
@@ -48,13 +52,11 @@ class TinyLM(torch.nn.Module):
         self.lm_head = torch.nn.Linear(width, VOCAB, bias=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):  # noqa: ARG002
-        from types import SimpleNamespace
-
         x = self.embed_tokens(input_ids)  # [B, T, D]
         prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
         h = self.mix(torch.cat([x, prev], dim=-1))
         h = h + self.mlp(self.norm(h))
-        return SimpleNamespace(logits=self.lm_head(h))
+        return Output(logits=self.lm_head(h))
 
 
 def tiny_dataset(n: int = 48, seed: int = 1) -> list[dict]:

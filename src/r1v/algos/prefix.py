@@ -38,18 +38,27 @@ PLAIN_HEAD_MODELS = frozenset({"Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaFor
                                "InternVLForConditionalGeneration"})
 
 
+def wrapped(model: nn.Module) -> bool:
+    """Whether `model` is wrapped by DDP/FSDP1 (`.module`) or sharded by FSDP2: their hooks expect the
+    model's whole forward, once per micro-batch, the same on every process (FSDP2 gathers each unit's
+    weights in it, so a data-dependent path would pair different collectives across processes)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return hasattr(model, "module") or isinstance(model, FSDPModule)
+
+
 def can_share_prompt(model: nn.Module) -> bool:
     """False under gradient checkpointing (layers recompute in backward and drop the KV cache) or when the
-    model is wrapped by DDP/FSDP1 (`.module`), whose hooks expect one forward per step."""
-    if hasattr(model, "module"):
+    model is `wrapped`."""
+    if wrapped(model):
         return False
     return not any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
 def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(backbone, LM head) when the model's logits are `head(backbone(...).last_hidden_state)`, else None
-    (an unknown architecture, or one wrapped by DDP/FSDP1, whose hooks expect the whole forward)."""
-    if hasattr(model, "module") or type(model).__name__ not in PLAIN_HEAD_MODELS:
+    (an unknown architecture, or a `wrapped` one)."""
+    if wrapped(model) or type(model).__name__.removeprefix("FSDP") not in PLAIN_HEAD_MODELS:
         return None
     backbone, head = getattr(model, "model", None), model.get_output_embeddings()
     if not isinstance(backbone, nn.Module) or not isinstance(head, nn.Linear):

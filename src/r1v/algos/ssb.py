@@ -229,37 +229,23 @@ class PrefilterResult:
     stats: dict[str, Any]
 
 
-def prefilter_prompts(prompts: Sequence[Any], rollout_fn: Callable[[list[Any], int], Sequence[Sequence[Any]]],
-                      reward_fn: Callable[[Any, Any], float], num_generations: int,
-                      batch_size: int = 8, atol: float = 1e-8) -> PrefilterResult:
-    """Offline SSB: roll out `num_generations` completions per prompt, drop zero-variance prompts.
-
-    rollout_fn(prompts_batch, num_generations) -> one list of completions per prompt;
-    reward_fn(prompt, completion) -> float.
-    """
-    if num_generations < 2:
-        raise ConfigError(f"prefilter needs num_generations >= 2 to see variance, got {num_generations}")
-    kept, dropped, all_rewards = [], [], []
+def split_by_variance(prompts: Sequence[Any], rewards: Sequence[Sequence[float]],
+                      atol: float = 1e-8) -> PrefilterResult:
+    """Keep the prompts whose group of rewards varies (`rewards[i]`: the rewards of prompt i's completions)."""
+    if len(prompts) != len(rewards):
+        raise R1VError(f"{len(rewards)} reward groups for {len(prompts)} prompts")
+    kept, dropped, advs_all, advs_kept = [], [], [], []
     dropped_by_value: dict[float, int] = {}
-    advs_all, advs_kept = [], []
-    for start in range(0, len(prompts), max(1, batch_size)):
-        batch = list(prompts[start:start + batch_size])
-        completions = rollout_fn(batch, num_generations)
-        if len(completions) != len(batch):
-            raise R1VError(f"rollout_fn returned {len(completions)} groups for {len(batch)} prompts")
-        for prompt, group in zip(batch, completions, strict=True):
-            if len(group) != num_generations:
-                raise R1VError(f"rollout_fn returned {len(group)} completions, expected {num_generations}")
-            rewards = [float(reward_fn(prompt, c)) for c in group]
-            all_rewards.append(rewards)
-            adv = grpo_advantages(torch.tensor(rewards), num_generations)  # [G]
-            advs_all.append(adv)
-            if max(rewards) - min(rewards) > atol:
-                kept.append(prompt)
-                advs_kept.append(adv)
-            else:
-                dropped.append(prompt)
-                dropped_by_value[rewards[0]] = dropped_by_value.get(rewards[0], 0) + 1
+    for prompt, group in zip(prompts, rewards, strict=True):
+        group = [float(r) for r in group]
+        adv = grpo_advantages(torch.tensor(group), len(group))  # [G]
+        advs_all.append(adv)
+        if max(group) - min(group) > atol:
+            kept.append(prompt)
+            advs_kept.append(adv)
+        else:
+            dropped.append(prompt)
+            dropped_by_value[group[0]] = dropped_by_value.get(group[0], 0) + 1
 
     def ratio(advs: list[torch.Tensor]) -> float:
         return torch.cat(advs).abs().gt(atol).float().mean().item() if advs else 0.0
@@ -271,4 +257,28 @@ def prefilter_prompts(prompts: Sequence[Any], rollout_fn: Callable[[list[Any], i
         "effective_ratio_all": ratio(advs_all), "effective_ratio_kept": ratio(advs_kept),
         "dropped_by_value": dropped_by_value,
     }
-    return PrefilterResult(kept, dropped, all_rewards, stats)
+    return PrefilterResult(kept, dropped, [list(map(float, g)) for g in rewards], stats)
+
+
+def prefilter_prompts(prompts: Sequence[Any], rollout_fn: Callable[[list[Any], int], Sequence[Sequence[Any]]],
+                      reward_fn: Callable[[Any, Any], float], num_generations: int,
+                      batch_size: int = 8, atol: float = 1e-8) -> PrefilterResult:
+    """Offline SSB: roll out `num_generations` completions per prompt, drop zero-variance prompts.
+
+    rollout_fn(prompts_batch, num_generations) -> one list of completions per prompt;
+    reward_fn(prompt, completion) -> float. (GRPO's `prefilter` option rolls out on every process and
+    calls `split_by_variance` itself.)
+    """
+    if num_generations < 2:
+        raise ConfigError(f"prefilter needs num_generations >= 2 to see variance, got {num_generations}")
+    all_rewards: list[list[float]] = []
+    for start in range(0, len(prompts), max(1, batch_size)):
+        batch = list(prompts[start:start + batch_size])
+        completions = rollout_fn(batch, num_generations)
+        if len(completions) != len(batch):
+            raise R1VError(f"rollout_fn returned {len(completions)} groups for {len(batch)} prompts")
+        for prompt, group in zip(batch, completions, strict=True):
+            if len(group) != num_generations:
+                raise R1VError(f"rollout_fn returned {len(group)} completions, expected {num_generations}")
+            all_rewards.append([float(reward_fn(prompt, c)) for c in group])
+    return split_by_variance(prompts, all_rewards, atol)

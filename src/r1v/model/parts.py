@@ -78,10 +78,13 @@ def lora_param_estimate(model: Any, r: int = 16, target_modules: tuple[str, ...]
 
 
 def apply_lora(vlm_or_model: Any, r: int = 16, alpha: int = 32, target_modules: tuple[str, ...] = LORA_TARGETS,
-               dropout: float = 0.0, policy: str = "connector") -> Any:
+               dropout: float = 0.0, policy: str = "connector", seed: int = 0) -> Any:
     """LoRA adapters (peft) on the LLM's `target_modules` only; the parts of `policy` stay fully trainable.
 
-    Returns the same kind it was given: a VLM (its `.model` replaced by the peft model) or the peft model.
+    The adapters' random init (LoRA A; B starts at zero) is drawn under `seed`, not from the process's
+    running generator, so a run is reproducible and every process of a sharded run starts from the same
+    adapters. Returns the same kind it was given: a VLM (its `.model` replaced by the peft model) or the
+    peft model.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -90,7 +93,9 @@ def apply_lora(vlm_or_model: Any, r: int = 16, alpha: int = 32, target_modules: 
     names = "|".join(target_modules)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
                         target_modules=rf".*language_model\..*\.({names})")
-    peft_model = get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, config)
     keep = trains(policy) - {"llm"}
     for name, p in peft_model.named_parameters():
         if "lora_" not in name:

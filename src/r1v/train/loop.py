@@ -41,10 +41,13 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "position_ids", "
 
 @dataclass
 class LossOutput:
-    """A micro-batch's loss as a sum over its units, plus named metric sums (divided by units when logged)."""
+    """A micro-batch's loss as a sum over its units, plus named metric sums (divided by units when logged)
+    and, optionally, `outputs`: detached per-row values the caller asked `train_step` to hand back (GRPO's
+    log-probs of the first update, which are the old policy's)."""
 
     total: torch.Tensor
     metrics: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    outputs: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ def setup_accelerator(cfg: TrainConfig) -> Any:
     """An accelerate `Accelerator` for `cfg`: cpu/gpu, bf16 autocast or fp32, `grad_accum` micro-batches."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState, PartialState
+    from accelerate.utils import DistributedDataParallelKwargs
 
     if PartialState._shared_state and PartialState().num_processes == 1:
         # one process may run several stages with different precision / accumulation: start afresh
@@ -152,8 +156,11 @@ def setup_accelerator(cfg: TrainConfig) -> Any:
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda asked for but no CUDA device is available")
+    # a micro-batch without images leaves the vision tower unused on its process: DDP must not wait for it
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     return Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.precision == "bf16" else "no",
-                       gradient_accumulation_steps=cfg.grad_accum, step_scheduler_with_optimizer=False)
+                       gradient_accumulation_steps=cfg.grad_accum, step_scheduler_with_optimizer=False,
+                       kwargs_handlers=[ddp])
 
 
 def _check_launch(accelerator: Any, cfg: TrainConfig) -> None:
@@ -183,12 +190,14 @@ def _reduce_sum(accelerator: Any, value: float | torch.Tensor) -> float:
 
 
 def train_step(accelerator: Any, model: nn.Module, optimizer: Any, scheduler: Any, micro_batches: Sequence[dict],
-               objective: Objective, cfg: TrainConfig) -> dict[str, float]:
+               objective: Objective, cfg: TrainConfig, outputs: list[dict[str, Any]] | None = None
+               ) -> dict[str, float]:
     """One optimiser step over this process's `grad_accum` micro-batches; returns step metrics.
 
     Gradient = sum of unit losses over the global batch / global unit count. accelerate divides each
     backward by `grad_accum` and DDP/FSDP average over processes, so each micro-batch sum is scaled by
-    world * grad_accum / units_global to undo both.
+    world * grad_accum / units_global to undo both. With `outputs`, each micro-batch's `LossOutput.outputs`
+    is appended to it (in micro-batch order; every forward ran before the optimiser step).
     """
     if len(micro_batches) != cfg.grad_accum:
         raise ConfigError(f"train_step got {len(micro_batches)} micro-batches; grad_accum is {cfg.grad_accum}")
@@ -202,6 +211,8 @@ def train_step(accelerator: Any, model: nn.Module, optimizer: Any, scheduler: An
             out = objective.loss(model, _to_device(batch, accelerator.device))
             accelerator.backward(out.total * scale)
         loss_sum += out.total.detach().double()
+        if outputs is not None:
+            outputs.append(out.outputs or {})
         for key, value in out.metrics.items():
             metric_sums[key] = metric_sums.get(key, 0.0) + float(value)
     if not accelerator.sync_gradients:
@@ -237,6 +248,46 @@ def step_indices(order: Sequence[int], step_in_epoch: int, cfg: TrainConfig, ran
 
 
 @dataclass
+class PreparedRun:
+    """A run ready to step: the accelerator, the (wrapped or sharded) model, optimiser, scheduler, and the
+    state it starts from (resumed from `resumed` when that is not None)."""
+
+    accelerator: Any
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    state: TrainState
+    resumed: Path | None
+
+
+def prepare_run(model: nn.Module, cfg: TrainConfig, total: int, *, accelerator: Any = None,
+                extra: dict | None = None) -> PreparedRun:
+    """The set-up every training loop shares (`train`, GRPO): seed, accelerator, gradient checkpointing,
+    FSDP2 sharding (`cfg.fsdp`), optimiser and schedule for `total` steps, `accelerator.prepare`, and the
+    latest checkpoint's state when `cfg.resume`."""
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    accelerator = accelerator or setup_accelerator(cfg)
+    _check_launch(accelerator, cfg)
+    if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.fsdp and not is_sharded(model):
+        shard_model(model, accelerator)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total)
+    if is_sharded(model):  # sharded with FSDP2's fully_shard (train.fsdp, or by the caller): used as it is
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    state = TrainState(data_seed=cfg.seed, extra=dict(extra or {}))
+    resumed = latest_checkpoint(cfg.out_dir) if cfg.resume else None
+    if resumed is not None:
+        state = load_checkpoint(resumed, model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator)
+    return PreparedRun(accelerator, model, optimizer, scheduler, state, resumed)
+
+
+@dataclass
 class TrainResult:
     state: TrainState
     out_dir: Path
@@ -258,33 +309,17 @@ def train(model: nn.Module, dataset: Sequence[Any], objective: Objective, cfg: T
     global batch are left out of each epoch (a different subset each epoch).
     """
     cfg.validate()
-    from accelerate.utils import set_seed
-
-    set_seed(cfg.seed)
     accelerator = accelerator or setup_accelerator(cfg)
-    _check_launch(accelerator, cfg)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    world = accelerator.num_processes
     per_step = cfg.samples_per_step(world)
     steps_per_epoch = len(dataset) // per_step
     if steps_per_epoch == 0:
         raise ConfigError(f"the dataset has {len(dataset)} samples, fewer than one global batch of {per_step} "
                           f"(micro_batch_size {cfg.micro_batch_size} x grad_accum {cfg.grad_accum} x {world} processes)")
     total = cfg.max_steps if cfg.max_steps is not None else steps_per_epoch * cfg.epochs
-    if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.fsdp and not is_sharded(model):
-        shard_model(model, accelerator)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, total)
-    if is_sharded(model):  # sharded by the caller with FSDP2's fully_shard (e.g. on CPU): used as it is
-        optimizer = accelerator.prepare(optimizer)
-    else:
-        model, optimizer = accelerator.prepare(model, optimizer)
-
-    state = TrainState(data_seed=cfg.seed, extra=dict(extra or {}))
-    resumed = latest_checkpoint(cfg.out_dir) if cfg.resume else None
-    if resumed is not None:
-        state = load_checkpoint(resumed, model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator)
+    run = prepare_run(model, cfg, total, accelerator=accelerator, extra=extra)
+    accelerator, model, optimizer, scheduler = run.accelerator, run.model, run.optimizer, run.scheduler
+    state, resumed, rank = run.state, run.resumed, accelerator.process_index
     main = accelerator.is_main_process
     logger = MetricsLogger(cfg.out_dir, cfg.report_to, enabled=main, resume_step=state.step if resumed else None,
                            run_config=to_dict(cfg))

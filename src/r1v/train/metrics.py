@@ -174,3 +174,28 @@ class Progress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+def plot_reward_and_ratio(metrics_path: Path, target: Path) -> Path:
+    """GRPO's picture: mean reward, and the effective-sample ratio with vs without the buffer, per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in read_metrics(metrics_path) if "reward" in r]
+    steps = [r["step"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot(steps, [r["reward"] for r in rows], marker=".")
+    ax1.set(title="mean reward", xlabel="step")
+    ax2.plot(steps, [r["effective_ratio"] for r in rows], marker=".", label="with buffer (trained on)")
+    ax2.plot(steps, [r["effective_ratio_without"] for r in rows], marker=".", label="without buffer")
+    ax2.set(title="effective-sample ratio", xlabel="step", ylim=(0, 1.05))
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return target
