@@ -11,6 +11,11 @@ class R1VError(Exception):
     """Base class: an error r1v explains in one line."""
 
 
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (a library's multi-line message folded), as the CLI prints it."""
+    return " ".join(str(err).split())
+
+
 class ConfigError(R1VError):
     """A config file or override is invalid (names the file, key and reason)."""
 

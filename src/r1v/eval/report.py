@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from r1v.atomic import atomic_write_bytes, atomic_write_text
+
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
@@ -56,6 +58,15 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _save(fig: Any, path: Path) -> None:
+    """A figure as PNG, written atomically."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def plot(summary: dict[str, Any], out: Path) -> list[Path]:
     """Accuracy per run and per category, and the thinking-length histogram."""
     import matplotlib
@@ -73,7 +84,7 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
     ax.legend()
     fig.tight_layout()
     p = out / "accuracy.png"
-    fig.savefig(p, dpi=110)
+    _save(fig, p)
     plt.close(fig)
     paths.append(p)
 
@@ -88,7 +99,7 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
         ax.set_title("thinking length")
         fig.tight_layout()
         p = out / "thinking_length.png"
-        fig.savefig(p, dpi=110)
+        _save(fig, p)
         plt.close(fig)
         paths.append(p)
     cats = summary.get("categories") or {}
@@ -101,16 +112,15 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
         ax.set_title(f"by {key}")
         fig.tight_layout()
         p = out / "categories.png"
-        fig.savefig(p, dpi=110)
+        _save(fig, p)
         plt.close(fig)
         paths.append(p)
     return paths
 
 
 def write_eval_report(summary: dict[str, Any], out: Path) -> dict[str, Path]:
-    """Write report.json, report.md and the plots into `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    (out / "report.md").write_text(markdown(summary))
+    """Write the plots, report.md and (last) report.json into `out`, each atomically."""
     pngs = plot(summary, out)
+    atomic_write_text(out / "report.md", markdown(summary))
+    atomic_write_text(out / "report.json", json.dumps(summary, indent=2, ensure_ascii=False))
     return {"json": out / "report.json", "markdown": out / "report.md", **{p.stem: p for p in pngs}}

@@ -35,6 +35,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from r1v.atomic import atomic_write_text
 from r1v.data.schema import Sample
 from r1v.errors import ConfigError, DataError
 
@@ -95,9 +96,7 @@ def read_done(path: Path) -> dict[str, dict[str, Any]]:
             done[str(rec["id"])] = rec
             good_lines.append(line)
     if len(good_lines) != len(lines):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(x + "\n" for x in good_lines), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(x + "\n" for x in good_lines))
     return done
 
 
@@ -222,8 +221,6 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
     if not samples:
         raise DataError("no samples loaded", source=str(cfg.data))
     samples = [with_prompt(s, cfg.prompt) for s in samples]
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    (cfg.out / "config.json").write_text(json.dumps(_jsonable(cfg.__dict__), indent=2))
     if engine is None:
         from r1v.model.build import load_vlm
         from r1v.rollout.engine import TransformersEngine
@@ -233,6 +230,8 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
         if cfg.max_tiles is not None:
             vlm.spec = replace(vlm.spec, max_tiles=cfg.max_tiles, min_tiles=min(vlm.spec.min_tiles, cfg.max_tiles))
         engine = TransformersEngine(vlm)
+    # the run folder is created only once the data and the model are known to be good
+    atomic_write_text(cfg.out / "config.json", json.dumps(_jsonable(cfg.__dict__), indent=2))
     score_fn = score_fn or score_generated
 
     runs: list[dict[str, Any]] = []
