@@ -5,6 +5,7 @@ Every writer of a report, a summary, a run file or a model folder goes through t
 
 - `atomic_write_text(path, text)` / `atomic_write_bytes(path, data)`: a temp file in the same folder,
   fsync, then `os.replace` onto `path`.
+- `atomic_savefig(fig, path)`: a matplotlib figure as PNG, the same way.
 - `with atomic_dir(folder) as tmp:` write everything into `tmp`; when the block ends without an error,
   `tmp` takes the place of `folder` (an old `folder` is moved aside, then deleted); on an error `tmp` is
   deleted and `folder` is left as it was.
@@ -15,6 +16,7 @@ A path that cannot be written (a read-only folder, a file where a folder should 
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -22,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from r1v.errors import OutputError
 
@@ -56,6 +59,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` (UTF-8) to `path` through a temp file in the same folder and an atomic rename."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_savefig(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG through `atomic_write_bytes`."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 @contextmanager

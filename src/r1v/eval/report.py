@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from r1v.atomic import atomic_write_bytes, atomic_write_text
+from r1v.atomic import atomic_savefig, atomic_write_text
 
 
 def _pct(x: float | None) -> str:
@@ -58,15 +58,6 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _save(fig: Any, path: Path) -> None:
-    """A figure as PNG, written atomically."""
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=110, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def plot(summary: dict[str, Any], out: Path) -> list[Path]:
     """Accuracy per run and per category, and the thinking-length histogram."""
     import matplotlib
@@ -84,7 +75,7 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
     ax.legend()
     fig.tight_layout()
     p = out / "accuracy.png"
-    _save(fig, p)
+    atomic_savefig(fig, p, dpi=110)
     plt.close(fig)
     paths.append(p)
 
@@ -99,7 +90,7 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
         ax.set_title("thinking length")
         fig.tight_layout()
         p = out / "thinking_length.png"
-        _save(fig, p)
+        atomic_savefig(fig, p, dpi=110)
         plt.close(fig)
         paths.append(p)
     cats = summary.get("categories") or {}
@@ -112,7 +103,7 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
         ax.set_title(f"by {key}")
         fig.tight_layout()
         p = out / "categories.png"
-        _save(fig, p)
+        atomic_savefig(fig, p, dpi=110)
         plt.close(fig)
         paths.append(p)
     return paths

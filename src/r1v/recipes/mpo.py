@@ -47,6 +47,7 @@ from rich.console import Console
 from torch import nn
 
 from r1v.algos.losses import MPO_WEIGHTS, RunningMean, mpo_loss, selective_log_softmax
+from r1v.atomic import atomic_write_text
 from r1v.config import to_dict
 from r1v.data.schema import PreferencePair
 from r1v.errors import ConfigError, DataError, R1VError
@@ -367,10 +368,8 @@ def run(cfg: MPOConfig, console: Console | None = None) -> dict:
                    for r in read_stage_data(cfg.data, image_root=cfg.image_root, bad=bad, with_target=False)]
         pairs, gen_stats = generate_pairs(vlm, prompts, cfg, rm)
         rows = [PairRow(p, "generated", i) for i, p in enumerate(pairs)]
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "pairs.jsonl", "w", encoding="utf-8") as f:
-            for p in pairs:
-                f.write(json.dumps(pair_record(p, base=out, image_dir=out / "pair_images"), default=str) + "\n")
+        atomic_write_text(out / "pairs.jsonl", "".join(
+            json.dumps(pair_record(p, base=out, image_dir=out / "pair_images"), default=str) + "\n" for p in pairs))
     else:
         rows = read_pairs(cfg.data, image_root=cfg.image_root, bad=bad)
         if rm is not None:

@@ -155,14 +155,15 @@ class RewardModel:
         """Write the model folder, the head and `reward_model.json`."""
         from safetensors.torch import save_file
 
-        from r1v.model.build import save_model
+        from r1v.model.build import model_folder, save_model
 
         folder = Path(folder)
-        save_model(self.vlm, folder)
         head = {k: v.detach().cpu().contiguous() for k, v in self.net.head.state_dict().items()}
-        save_file(head, str(folder / HEAD_FILE))
-        (folder / META_FILE).write_text(json.dumps({"format": FORMAT, "hidden_size": self.net.head.in_features,
-                                                    "score": "last answer token"}, indent=2) + "\n")
+        with model_folder(folder) as tmp:  # the model, the head and the meta file appear together
+            save_model(self.vlm, tmp)
+            save_file(head, str(tmp / HEAD_FILE))
+            (tmp / META_FILE).write_text(json.dumps({"format": FORMAT, "hidden_size": self.net.head.in_features,
+                                                     "score": "last answer token"}, indent=2) + "\n")
         return folder
 
     @torch.no_grad()
