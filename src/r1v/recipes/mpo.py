@@ -74,6 +74,7 @@ from r1v.recipes.mpo_pairs import (  # re-exported: the pair helpers' public hom
 from r1v.rewards.reward_model import IGNORE_INDEX, with_answer
 from r1v.train import LossOutput, Objective, TrainConfig, latest_checkpoint, train
 from r1v.train.loop import setup_accelerator
+from r1v.train.state import read_extra
 
 
 @dataclass
@@ -318,9 +319,9 @@ def precompute_reference(model: nn.Module, items: list[dict], collate: Callable[
 def restore_delta(delta: RunningMean, cfg: TrainConfig) -> bool:
     """On resume, load BCO's running mean from the latest checkpoint's `extra`; True when restored."""
     ckpt = latest_checkpoint(cfg.out_dir) if cfg.resume else None
-    if ckpt is None or not (ckpt / "extra.pt").exists():
+    if ckpt is None:
         return False
-    extra = torch.load(ckpt / "extra.pt", weights_only=False)
+    extra = read_extra(ckpt)
     if "bco_delta" not in extra:
         return False
     delta.load_state_dict(extra["bco_delta"])

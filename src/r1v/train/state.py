@@ -287,6 +287,18 @@ def read_state_json(path: Path) -> dict[str, Any]:
     return info
 
 
+def read_extra(path: str | Path) -> dict[str, Any]:
+    """The stage's `extra` dict saved in checkpoint folder `path` ({} when it has none); a damaged
+    `extra.pt` is an R1VError naming it."""
+    file = Path(path) / "extra.pt"
+    if not file.exists():
+        return {}
+    extra = _torch_file(file)
+    if not isinstance(extra, dict):
+        raise R1VError(f"{file}: expected a dict, got {type(extra).__name__}")
+    return extra
+
+
 def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None, accelerator: Any = None) -> TrainState:
     """Load a checkpoint into `model` (trainable weights), optimiser, scheduler and this process's RNG.
@@ -333,9 +345,7 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
         raise R1VError(f"{path}: no RNG state for process {rank}; resume with the same number of processes "
                        f"that wrote it (now {world})")
     rng_state = _torch_file(rng)
-    extra = _torch_file(path / "extra.pt") if (path / "extra.pt").exists() else {}
-    if not isinstance(extra, dict):
-        raise R1VError(f"{path / 'extra.pt'}: expected a dict, got {type(extra).__name__}")
+    extra = read_extra(path)
 
     with torch.no_grad():
         for name, value in weights.items():
