@@ -37,7 +37,7 @@ from rich.progress import (
 
 from r1v.atomic import atomic_write_text
 from r1v.data.schema import Sample
-from r1v.errors import ConfigError, DataError
+from r1v.errors import ConfigError, DataError, ImageError
 
 
 @dataclass
@@ -81,16 +81,18 @@ class EvalConfig:
 
 
 def read_done(path: Path) -> dict[str, dict[str, Any]]:
-    """Finished records of a run file by id. A torn last line (a crash mid-write) is ignored and rewritten."""
+    """Finished records of a run file by id. A torn last line (a crash mid-write) or a damaged line (not
+    UTF-8, not JSON) is dropped and the file rewritten without it, so that item is generated again."""
     done: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return done
     good_lines = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for line in lines:
+    lines = path.read_bytes().splitlines()
+    for raw in lines:
         try:
+            line = raw.decode("utf-8")
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (UnicodeDecodeError, json.JSONDecodeError):
             continue
         if isinstance(rec, dict) and "id" in rec:
             done[str(rec["id"])] = rec
@@ -207,6 +209,21 @@ def generate_run(engine, samples: list[Sample], path: Path, cfg: EvalConfig, run
     return [done[s.id] for s in samples if s.id in done]
 
 
+def check_images(samples: list[Sample]) -> None:
+    """Decode every image file the samples refer to, so a damaged figure stops the run before generation
+    (naming the item and the image), not hours into it. In-memory images (parquet cells) were opened
+    when read and are decoded when used, which keeps memory flat."""
+    from r1v.processing.images import load_image
+
+    for s in samples:
+        for i, ref in enumerate(s.images):
+            if isinstance(ref, (str, Path)):
+                try:
+                    load_image(ref)
+                except ImageError as e:
+                    raise ImageError(e.message, source=e.source, record=s.id, field=f"images[{i}]") from None
+
+
 def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
              console: Console | None = None) -> dict[str, Any]:
     """Run the whole evaluation; returns the report dict (also written to `cfg.out/report.json`)."""
@@ -220,6 +237,7 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
     samples = load_benchmark(cfg.benchmark, cfg.data, limit=cfg.limit)
     if not samples:
         raise DataError("no samples loaded", source=str(cfg.data))
+    check_images(samples)
     samples = [with_prompt(s, cfg.prompt) for s in samples]
     if engine is None:
         from r1v.model.build import load_vlm
