@@ -30,7 +30,9 @@ from r1v.errors import OutputError
 
 
 def _fail(path: Path, e: OSError) -> OutputError:
-    return OutputError(f"{path}: cannot write ({e.strerror or e})")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    why = f"{blocker} is a file, not a folder" if blocker is not None else (e.strerror or str(e))
+    return OutputError(f"{path}: cannot write ({why})")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

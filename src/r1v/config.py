@@ -133,6 +133,11 @@ def _coerce(value: Any, tp: Any, where: str, base: Any = None) -> Any:
     return value
 
 
+def _at(where: str) -> str:
+    """`where` for a message about the section itself (`cfg.yaml:` at the top level reads `cfg.yaml`)."""
+    return where[:-1] if where.endswith(":") else where
+
+
 def _field_default(f: dataclasses.Field, base: Any) -> Any:
     if base is not None:
         return getattr(base, f.name)
@@ -146,7 +151,7 @@ def _build(cls: type[T], data: dict, where: str, base: Any = None) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        raise ConfigError(f"{_at(where)}: unknown key(s) {unknown}; known: {sorted(fields)}")
     kwargs = {}
     if base is not None:  # a partial section: start from the owning config's default for it
         kwargs = {name: getattr(base, name) for name in fields}
@@ -156,15 +161,15 @@ def _build(cls: type[T], data: dict, where: str, base: Any = None) -> T:
     try:
         obj = cls(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{_at(where)}: {e}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
         try:
             validate()
         except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
+            raise ConfigError(f"{_at(where)}: {e}") from None
         except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from None
+            raise ConfigError(f"{_at(where)}: {e}") from None
     return obj
 
 
@@ -209,8 +214,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
-    source = str(path) if path is not None else "<overrides>"
-    if overrides:
+    source = str(path) if path is not None else "overrides"
+    if overrides and path is not None:
         source += " + overrides"
     return from_dict(cls, data, source)
 

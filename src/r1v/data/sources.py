@@ -53,9 +53,12 @@ def image_from_cell(cell: Any, *, source: str, record: int | str, field: str) ->
         raise DataError("image cell has no bytes", source=source, record=record, field=field)
     try:
         img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError) as e:
+    except UnidentifiedImageError:
+        raise DataError("image bytes are not a readable image (not a recognised image format)", source=source,
+                        record=record, field=field) from None
+    except OSError as e:
         raise DataError(f"image bytes are not a readable image ({e})", source=source, record=record,
-                        field=field) from e
+                        field=field) from None
     name = cell.get("path") if isinstance(cell, dict) else None
     img.filename = name or f"{source}#{record}:{field}"  # type: ignore[attr-defined]
     return img
@@ -282,6 +285,8 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, Any]]:
     decide. A file without any record raises `DataError` once it has been read to the end.
     """
     p = Path(path)
+    if p.is_dir():
+        raise DataError("is a folder, not a data file (give a .jsonl, .json or .parquet file)", source=str(p))
     if not p.is_file():
         raise DataError("file not found", source=str(p))
     suffix = p.suffix.lower()

@@ -360,7 +360,7 @@ def model_folder(out: str | Path) -> Iterator[Path]:
     try:
         with atomic_dir(out) as tmp:
             yield tmp
-    except OSError as e:  # a writer inside the block (save_pretrained, safetensors) failed
+    except OSError as e:  # a writer inside the block (save_pretrained, safetensors) failed, e.g. a full disk
         raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
 
 

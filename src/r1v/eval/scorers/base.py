@@ -71,8 +71,10 @@ def _raw_entries(path: Path, problems: list[Problem]) -> list[tuple[int, str | N
     src = str(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read outputs: {e}", source=src) from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"cannot read outputs: not UTF-8 text (byte {e.start}: {e.reason})", source=src) from None
+    except OSError as e:
+        raise DataError(f"cannot read outputs: {e.strerror or e}", source=src) from None
     stripped = text.lstrip()
     if not stripped:
         raise DataError("no records (the file is empty)", source=src)
