@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from r1v.errors import ConfigError, R1VError
+from r1v.errors import ConfigError, R1VError, one_line
 
 app = typer.Typer(
     help="r1v: build, train, evaluate and serve R1V-style vision reasoning models.",
@@ -23,7 +23,7 @@ app = typer.Typer(
 
 
 def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {one_line(e)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 
@@ -94,11 +94,12 @@ def score(
 
     try:
         report = score_outputs(benchmark, outputs, gold=gold, judge_url=judge_url, judge_model=judge_model)
+        if json_out is not None:  # before printing, so an unwritable path is the only thing said
+            write_json(report, json_out)
     except R1VError as e:
         _fail(e)
     render_report(report)
     if json_out is not None:
-        write_json(report, json_out)
         typer.echo(f"wrote {json_out}")
 
 

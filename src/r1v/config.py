@@ -10,6 +10,7 @@ file (or override) and the key. A dataclass may define `validate(self)` to rejec
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -111,12 +112,16 @@ def _coerce(value: Any, tp: Any, where: str, base: Any = None) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if not isinstance(value, (int, float)):
+        elif isinstance(value, (int, float)):
+            number = float(value)
+        else:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        if not math.isfinite(number):  # nan passes every `x <= 0` check and poisons a run
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
@@ -126,6 +131,11 @@ def _coerce(value: Any, tp: Any, where: str, base: Any = None) -> Any:
     if tp is Path:
         return Path(value)
     return value
+
+
+def _at(where: str) -> str:
+    """`where` for a message about the section itself (`cfg.yaml:` at the top level reads `cfg.yaml`)."""
+    return where[:-1] if where.endswith(":") else where
 
 
 def _field_default(f: dataclasses.Field, base: Any) -> Any:
@@ -139,9 +149,9 @@ def _field_default(f: dataclasses.Field, base: Any) -> Any:
 def _build(cls: type[T], data: dict, where: str, base: Any = None) -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        raise ConfigError(f"{_at(where)}: unknown key(s) {unknown}; known: {sorted(fields)}")
     kwargs = {}
     if base is not None:  # a partial section: start from the owning config's default for it
         kwargs = {name: getattr(base, name) for name in fields}
@@ -151,15 +161,15 @@ def _build(cls: type[T], data: dict, where: str, base: Any = None) -> T:
     try:
         obj = cls(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{_at(where)}: {e}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
         try:
             validate()
         except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
+            raise ConfigError(f"{_at(where)}: {e}") from None
         except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from None
+            raise ConfigError(f"{_at(where)}: {e}") from None
     return obj
 
 
@@ -169,18 +179,32 @@ def from_dict(cls: type[T], data: dict, source: str = "<dict>") -> T:
 
 
 def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; errors name the file and line."""
+    """Read a YAML mapping; errors name the file and line.
+
+    A file with no settings at all (empty, or comments only) is an error: a config given on purpose that
+    holds nothing is a truncated or wrong file, and running every default instead would hide that.
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        raise ConfigError(f"{path}: config file is empty (no settings); give the settings or leave out --config")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{path}: expected a mapping at the top level, got a YAML {type(data).__name__}")
     return data
 
 
@@ -190,8 +214,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
-    source = str(path) if path is not None else "<overrides>"
-    if overrides:
+    source = str(path) if path is not None else "overrides"
+    if overrides and path is not None:
         source += " + overrides"
     return from_dict(cls, data, source)
 

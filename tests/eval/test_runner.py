@@ -51,6 +51,16 @@ def test_read_done_drops_a_torn_line(tmp_path) -> None:
     assert p.read_text().count("\n") == 1
 
 
+def test_read_done_drops_a_line_that_is_not_utf8(tmp_path) -> None:
+    p = tmp_path / "run_1.jsonl"
+    append_records(p, [{"id": "a", "response": "x"}])
+    with p.open("ab") as f:
+        f.write(b'{"id": "b", "response": "\xff\xfe"}\n')  # a damaged disk block
+    append_records(p, [{"id": "c", "response": "z"}])
+    assert list(read_done(p)) == ["a", "c"]
+    assert list(read_done(p)) == ["a", "c"]  # the file was rewritten without the bad line
+
+
 def test_eval_k12_end_to_end_and_resume(tmp_path, shared_data) -> None:
     cfg = EvalConfig(model="fake", benchmark="k12", data=shared_data / "k12", out=tmp_path / "ev", limit=6,
                      batch_size=2, runs=2)

@@ -118,3 +118,29 @@ def test_resume_with_no_checkpoint_starts_fresh(tmp_path: Path) -> None:
     cfg.max_steps = 4
     res = train(tiny_model(), tiny_dataset(8), sft_objective(), cfg, collate_fn=collate)
     assert res.resumed_from is not None and res.resumed_from.name == "step-00000002" and res.state.step == 4
+
+
+@pytest.mark.parametrize("damage", ["optimizer", "weights_shape", "state_json"])
+def test_a_damaged_checkpoint_is_refused_before_anything_changes(tmp_path: Path, damage: str) -> None:
+    """Every file is checked before the model is touched: a bad checkpoint leaves the weights as they were."""
+    from safetensors.torch import save_file
+
+    cfg = TrainConfig(device="cpu")
+    model, opt, sched = _parts(cfg)
+    ckpt = save_checkpoint(tmp_path, TrainState(step=1), model=model, optimizer=opt, scheduler=sched)
+    if damage == "optimizer":
+        (ckpt / "optimizer.pt").write_bytes((ckpt / "optimizer.pt").read_bytes()[:40])
+        pattern = "optimizer.pt: corrupt or truncated"
+    elif damage == "weights_shape":
+        weights = load_file(str(ckpt / "trainable.safetensors"))
+        weights = {k: v.flatten()[:1].clone() for k, v in weights.items()}
+        save_file(weights, str(ckpt / "trainable.safetensors"))
+        pattern = "trainable.safetensors: tensor .* has shape"
+    else:
+        (ckpt / "state.json").write_text('{"step": -1}')
+        pattern = "state.json: field 'step' must be a non-negative integer"
+    fresh, opt2, sched2 = _parts(cfg)
+    before = [p.detach().clone() for p in fresh.parameters()]
+    with pytest.raises(R1VError, match=pattern):
+        load_checkpoint(ckpt, model=fresh, optimizer=opt2, scheduler=sched2)
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))

@@ -89,6 +89,18 @@ def _find(path: Path, names: tuple[str, ...], what: str) -> Path:
     raise DataError(f"{what} data not found (looked for {', '.join(names)})", source=str(path))
 
 
+def _read_json(path: Path) -> Any:
+    """A whole JSON file; unreadable or malformed files are a DataError naming the file and position."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (byte {e.start}: {e.reason})", source=str(path)) from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON ({e.msg} at line {e.lineno} column {e.colno})", source=str(path)) from None
+    except OSError as e:
+        raise DataError(f"cannot read ({e.strerror or e})", source=str(path)) from None
+
+
 def _parquet_files(path: Path, what: str) -> list[Path]:
     if path.is_file():
         return [path]
@@ -194,11 +206,17 @@ def _load_mathvista(path: Path, missing: MissingImages, query_path: Path | None 
     queries: dict[str, str] = {}
     qp = query_path or (root / "query.json")
     if qp.is_file():
-        queries = json.loads(qp.read_text(encoding="utf-8"))
+        queries = _read_json(qp)
+        if not isinstance(queries, dict):
+            raise DataError("expected {pid: query}", source=str(qp))
 
     def records() -> Iterator[tuple[str, int | str, Any]]:
         if files[0].suffix == ".json":  # the repository layout: {pid: record}
-            data = json.loads(files[0].read_text(encoding="utf-8"))
+            data = _read_json(files[0])
+            if not isinstance(data, dict | list):
+                raise DataError("expected {pid: record} or a list of records", source=str(files[0]))
+            if not data:
+                raise DataError("no records (the file parses but holds no data)", source=str(files[0]))
             items = data.items() if isinstance(data, dict) else enumerate(data)
             for key, rec in items:
                 if not isinstance(rec, dict):

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from r1v.atomic import atomic_write_text
 from r1v.data.schema import Message, Sample
 from r1v.errors import DataError
 
@@ -54,9 +53,12 @@ def image_from_cell(cell: Any, *, source: str, record: int | str, field: str) ->
         raise DataError("image cell has no bytes", source=source, record=record, field=field)
     try:
         img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError) as e:
+    except UnidentifiedImageError:
+        raise DataError("image bytes are not a readable image (not a recognised image format)", source=source,
+                        record=record, field=field) from None
+    except OSError as e:
         raise DataError(f"image bytes are not a readable image ({e})", source=source, record=record,
-                        field=field) from e
+                        field=field) from None
     name = cell.get("path") if isinstance(cell, dict) else None
     img.filename = name or f"{source}#{record}:{field}"  # type: ignore[attr-defined]
     return img
@@ -212,8 +214,14 @@ def record_to_sample(rec: Any, *, source: str, record: int | str, image_root: Pa
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, DataError(f"not UTF-8 text (byte {e.start} of the line: {e.reason})", source=str(path),
+                                        record=lineno)
+                continue
             if not line.strip():
                 continue
             try:
@@ -226,6 +234,8 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (byte {e.start}: {e.reason})", source=str(path)) from None
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON ({e.msg} at line {e.lineno} column {e.colno})", source=str(path)) from e
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -243,27 +253,49 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
     except Exception as e:  # pyarrow raises several types for a bad file
         raise DataError(f"not a readable parquet file ({e})", source=str(path)) from e
     index = 0
-    for batch in pf.iter_batches(batch_size=256):
-        for row in batch.to_pylist():
+    batches = pf.iter_batches(batch_size=256)
+    while True:
+        try:  # a damaged page surfaces only when its batch is decoded
+            batch = next(batches, None)
+            rows = batch.to_pylist() if batch is not None else None
+        except Exception as e:  # noqa: BLE001 - pyarrow raises OSError, ArrowInvalid, ... for damaged data
+            raise DataError(f"not a readable parquet file: damaged data after record {index - 1} ({e})",
+                            source=str(path)) from e
+        if rows is None:
+            return
+        for row in rows:
             yield index, row
             index += 1
+
+
+def _nonempty(path: Path, records: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+    """Pass `records` through; a file that parses but holds no record at all is a DataError."""
+    seen = False
+    for item in records:
+        seen = True
+        yield item
+    if not seen:
+        raise DataError("no records (the file parses but holds no data)", source=str(path))
 
 
 def iter_records(path: str | Path) -> Iterator[tuple[int, Any]]:
     """Yield `(line_or_index, record)` from a .jsonl, .json or .parquet file.
 
-    A malformed JSONL line is yielded as a `DataError` in place of the record so callers decide.
+    A malformed (or non-UTF-8) JSONL line is yielded as a `DataError` in place of the record so callers
+    decide. A file without any record raises `DataError` once it has been read to the end.
     """
     p = Path(path)
+    if p.is_dir():
+        raise DataError("is a folder, not a data file (give a .jsonl, .json or .parquet file)", source=str(p))
     if not p.is_file():
         raise DataError("file not found", source=str(p))
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
-        return _iter_jsonl(p)
+        return _nonempty(p, _iter_jsonl(p))
     if suffix == ".json":
-        return _iter_json(p)
+        return _nonempty(p, _iter_json(p))
     if suffix == ".parquet":
-        return _iter_parquet(p)
+        return _nonempty(p, _iter_parquet(p))
     raise DataError(f"unknown data format {suffix!r} (expected .jsonl, .json or .parquet)", source=str(p))
 
 
@@ -389,23 +421,6 @@ def sample_to_record(sample: Sample, *, base: Path | None = None, image_dir: Pat
 
 def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:120]
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` through a temp file in the same folder and an atomic rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
 
 
 def write_jsonl(samples: Iterable[Sample], path: str | Path, *, image_dir: str | Path | None = None) -> Path:

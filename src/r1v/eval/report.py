@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from r1v.atomic import atomic_savefig, atomic_write_text
+
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
@@ -73,7 +75,7 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
     ax.legend()
     fig.tight_layout()
     p = out / "accuracy.png"
-    fig.savefig(p, dpi=110)
+    atomic_savefig(fig, p, dpi=110)
     plt.close(fig)
     paths.append(p)
 
@@ -88,7 +90,7 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
         ax.set_title("thinking length")
         fig.tight_layout()
         p = out / "thinking_length.png"
-        fig.savefig(p, dpi=110)
+        atomic_savefig(fig, p, dpi=110)
         plt.close(fig)
         paths.append(p)
     cats = summary.get("categories") or {}
@@ -101,16 +103,15 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
         ax.set_title(f"by {key}")
         fig.tight_layout()
         p = out / "categories.png"
-        fig.savefig(p, dpi=110)
+        atomic_savefig(fig, p, dpi=110)
         plt.close(fig)
         paths.append(p)
     return paths
 
 
 def write_eval_report(summary: dict[str, Any], out: Path) -> dict[str, Path]:
-    """Write report.json, report.md and the plots into `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    (out / "report.md").write_text(markdown(summary))
+    """Write the plots, report.md and (last) report.json into `out`, each atomically."""
     pngs = plot(summary, out)
+    atomic_write_text(out / "report.md", markdown(summary))
+    atomic_write_text(out / "report.json", json.dumps(summary, indent=2, ensure_ascii=False))
     return {"json": out / "report.json", "markdown": out / "report.md", **{p.stem: p for p in pngs}}

@@ -41,8 +41,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from r1v.atomic import atomic_write_text
 from r1v.data.schema import Sample
-from r1v.errors import ConfigError, DataError
+from r1v.errors import ConfigError, DataError, ImageError
 
 
 @dataclass
@@ -100,24 +101,24 @@ def read_run(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def read_done(path: Path) -> dict[str, dict[str, Any]]:
-    """Finished records of a run file by id. A torn last line (a crash mid-write) is ignored and rewritten."""
+    """Finished records of a run file by id. A torn last line (a crash mid-write) or a damaged line (not
+    UTF-8, not JSON) is dropped and the file rewritten without it, so that item is generated again."""
     done: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return done
     good_lines = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for line in lines:
+    lines = path.read_bytes().splitlines()
+    for raw in lines:
         try:
+            line = raw.decode("utf-8")
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (UnicodeDecodeError, json.JSONDecodeError):
             continue
         if isinstance(rec, dict) and "id" in rec:
             done[str(rec["id"])] = rec
             good_lines.append(line)
     if len(good_lines) != len(lines):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(x + "\n" for x in good_lines), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(x + "\n" for x in good_lines))
     return done
 
 
@@ -259,11 +260,26 @@ def generate_sharded(engine, samples: list[Sample], path: Path, cfg: EvalConfig,
     return records
 
 
+def check_images(samples: list[Sample]) -> None:
+    """Decode every image file the samples refer to, so a damaged figure stops the run before generation
+    (naming the item and the image), not hours into it. In-memory images (parquet cells) were opened
+    when read and are decoded when used, which keeps memory flat."""
+    from r1v.processing.images import load_image
+
+    for s in samples:
+        for i, ref in enumerate(s.images):
+            if isinstance(ref, (str, Path)):
+                try:
+                    load_image(ref)
+                except ImageError as e:
+                    raise ImageError(e.message, source=e.source, record=s.id, field=f"images[{i}]") from None
+
+
 def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
              console: Console | None = None) -> dict[str, Any]:
     """Run the whole evaluation; returns the report dict (also written to `cfg.out/report.json`)."""
     from r1v.data.benchmarks import load_benchmark, with_prompt
-    from r1v.distributed import ensure_process_group
+    from r1v.distributed import barrier, ensure_process_group
     from r1v.eval.hallucination import hallucination_report
     from r1v.eval.report import write_eval_report
     from r1v.eval.score import score_generated
@@ -274,10 +290,8 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
     samples = load_benchmark(cfg.benchmark, cfg.data, limit=cfg.limit)
     if not samples:
         raise DataError("no samples loaded", source=str(cfg.data))
+    check_images(samples)
     samples = [with_prompt(s, cfg.prompt) for s in samples]
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        (cfg.out / "config.json").write_text(json.dumps(_jsonable(cfg.__dict__), indent=2))
     if engine is None:
         from r1v.model.build import load_vlm
         from r1v.rollout.engine import TransformersEngine
@@ -287,6 +301,10 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
         if cfg.max_tiles is not None:
             vlm.spec = replace(vlm.spec, max_tiles=cfg.max_tiles, min_tiles=min(vlm.spec.min_tiles, cfg.max_tiles))
         engine = TransformersEngine(vlm)
+    # the run folder is created only once the data and the model are known to be good
+    if rank == 0:
+        atomic_write_text(cfg.out / "config.json", json.dumps(_jsonable(cfg.__dict__), indent=2))
+    barrier()
     score_fn = score_fn or score_generated
 
     runs: list[dict[str, Any]] = []

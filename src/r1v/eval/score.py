@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from r1v.atomic import atomic_write_text
 from r1v.errors import ConfigError, DataError
 from r1v.eval.judge import Judge
 from r1v.eval.scorers.base import ScoreReport
@@ -90,7 +91,24 @@ def score_outputs(benchmark: str, outputs: Path, *, gold: Path | None = None, ju
     judge = Judge(judge_url, judge_model, cache_dir=judge_cache) if judge_url and judge_model else None
     if judge is not None and name == "mmmu":
         raise ConfigError("the MMMU official rule needs no judge; drop --judge-url/--judge-model")
-    return _SCORERS[name](outputs, gold, judge, workers)
+    report = _SCORERS[name](outputs, gold, judge, workers)
+    _require_scored(report, name, outputs)
+    return report
+
+
+def _require_scored(report: ScoreReport, name: str, outputs: Path) -> None:
+    """A report in which no item could be scored is an error, not a 0% result.
+
+    It happens when the outputs belong to another benchmark (MMMU outputs scored as MathVista), when no id
+    matches the gold file, or when every record is unusable; the first problem says which.
+    """
+    scored = sum(r.rule not in ("missing", "unknown") for r in report.items.values())
+    if scored:
+        return
+    first = f"; first: {report.problems[0]}" if report.problems else ""
+    raise DataError(f"no item could be scored as {name} ({len(report.items)} item(s), {len(report.problems)} "
+                    f"problem(s){first}); are these outputs of another benchmark, or is --gold another split?",
+                    source=str(outputs))
 
 
 def official_records(benchmark: str, records: list[dict[str, Any]]) -> Any:
@@ -120,17 +138,13 @@ def score_generated(benchmark: str, records: list[dict[str, Any]], official_path
                     workers: int | None = None) -> ScoreReport:
     """Write generated records in the official format to `official_path`, then score that file."""
     official_path = Path(official_path)
-    official_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = official_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(official_records(benchmark, records), ensure_ascii=False, indent=1), encoding="utf-8")
-    tmp.replace(official_path)
+    atomic_write_text(official_path, json.dumps(official_records(benchmark, records), ensure_ascii=False, indent=1))
     return score_outputs(benchmark, official_path, judge_url=judge_url, judge_model=judge_model, workers=workers)
 
 
 def write_json(report: ScoreReport, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_json(), indent=1, ensure_ascii=False), encoding="utf-8")
+    """The full report as JSON, written atomically (OutputError when `path` cannot be written)."""
+    atomic_write_text(path, json.dumps(report.to_json(), indent=1, ensure_ascii=False))
 
 
 def render_report(report: ScoreReport, console: Any = None, max_problems: int = 20) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import types
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from transformers import (
     InternVLForConditionalGeneration,
     InternVLVisionConfig,
     InternVLVisionModel,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Qwen2Config,
@@ -37,7 +40,8 @@ from transformers import (
 )
 from transformers.models.internvl.modeling_internvl import InternVLModel, InternVLMultiModalProjector
 
-from r1v.errors import ModelError
+from r1v.atomic import atomic_dir
+from r1v.errors import ModelError, OutputError
 from r1v.model import released
 from r1v.model.presets import PRESETS, TINY_TEXT, get_preset
 from r1v.model.tokens import add_image_tokens, single_token_id, tiny_tokenizer
@@ -167,13 +171,87 @@ def _to(vlm: VLM, device: str, dtype: torch.dtype | None) -> VLM:
 
 # ---------------------------------------------------------------------------------------------- folders
 
-def _read_json(path: Path) -> dict:
+def read_folder_json(path: Path) -> dict:
+    """A JSON object file of a model folder (config.json, r1v.json, ...); ModelError naming it otherwise."""
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise ModelError(f"{path}: missing") from e
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path}: not valid JSON ({e})") from e
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+WEIGHTS_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def check_weights(folder: Path) -> list[Path]:
+    """The safetensors files of a model folder, each checked to be present with a readable header.
+
+    A truncated or damaged file is found here, with its name, instead of deep inside `from_pretrained`.
+    Folders holding only `pytorch_model.bin` pass unchecked (transformers reads them).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    index = folder / WEIGHTS_INDEX
+    if index.is_file():
+        weight_map = read_folder_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ModelError(f"{index}: no 'weight_map' {{tensor: shard file}}")
+        files = [folder / name for name in sorted(set(map(str, weight_map.values())))]
+        for f in files:
+            if not f.is_file():
+                raise ModelError(f"{index}: shard {f.name} is missing")
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif (folder / "pytorch_model.bin").is_file() or (folder / "pytorch_model.bin.index.json").is_file():
+        return []
+    else:
+        raise ModelError(f"{folder}: no weights (model.safetensors or {WEIGHTS_INDEX})")
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as e:
+            raise ModelError(f"{f}: corrupt or truncated safetensors file ({e})") from None
+    return files
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model folder; a folder without tokenizer files is refused (transformers would
+    otherwise build an empty tokenizer from the config alone)."""
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(f"{folder}: no usable tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # noqa: BLE001 - a damaged tokenizer file raises many types
+        raise ModelError(f"{folder}: no usable tokenizer ({type(e).__name__}: {e})") from None
+
+
+def hf_config(folder: Path) -> PretrainedConfig:
+    """`AutoConfig` of a transformers folder; a config transformers rejects is a ModelError naming it."""
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except Exception as e:  # noqa: BLE001 - transformers raises TypeError, ValueError, KeyError, hub errors, ...
+        raise ModelError(f"{Path(folder) / 'config.json'}: invalid config ({type(e).__name__}: {e})") from None
+
+
+def _from_pretrained(cls, folder: Path, **kwargs):
+    """`cls.from_pretrained(folder)` after checking the weight files; failures name the folder."""
+    check_weights(folder)
+    try:
+        return cls.from_pretrained(folder, **kwargs)
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - shape mismatches, dtype errors, damaged .bin files, ...
+        raise ModelError(f"{folder}: cannot load the weights ({type(e).__name__}: {e})") from None
 
 
 def folder_kind(path: Path) -> str:
@@ -181,7 +259,7 @@ def folder_kind(path: Path) -> str:
     path = Path(path)
     if not path.is_dir():
         raise ModelError(f"{path}: not a folder and not a preset name")
-    cfg = _read_json(path / "config.json")
+    cfg = read_folder_json(path / "config.json")
     mtype = cfg.get("model_type", "")
     archs = cfg.get("architectures") or []
     if mtype == "internvl":
@@ -217,11 +295,12 @@ def load_vlm(target: str | Path, *, device: str = "cpu", dtype: torch.dtype | No
     if kind not in ("r1v", "hf"):
         raise ModelError(f"{path}: a {kind} checkpoint, not a whole vision-language model "
                          "(use `r1v assemble` to join a vision tower and an LLM)")
-    model = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype or "auto").eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = hf_config(path)
+    tokenizer = load_tokenizer(path)
+    model = _from_pretrained(InternVLForConditionalGeneration, path, config=config, dtype=dtype or "auto").eval()
     if kind == "r1v":
-        meta = _read_json(path / R1V_JSON)
-        spec, name, prov = ProcessingSpec.from_dict(meta.get("spec", {})), meta.get("name", path.name), meta.get("provenance", {})
+        meta = read_folder_json(path / R1V_JSON)
+        spec, name, prov = _spec(meta.get("spec", {}), path / R1V_JSON), meta.get("name", path.name), meta.get("provenance", {})
     else:
         v = model.config.vision_config
         spec = ProcessingSpec(template=guess_template(tokenizer), tile_size=_first(v.image_size),
@@ -230,6 +309,20 @@ def load_vlm(target: str | Path, *, device: str = "cpu", dtype: torch.dtype | No
     if spec.ps_version == "v1":
         set_ps_version(model, "v1")
     return _to(VLM(model, tokenizer, spec, name, prov), device, dtype)
+
+
+def _spec(data: object, source: Path) -> ProcessingSpec:
+    """The `spec` of an r1v.json, every field checked against `ProcessingSpec` (unknown keys are ignored)."""
+    from r1v.config import from_dict
+    from r1v.errors import ConfigError
+
+    if not isinstance(data, dict):
+        raise ModelError(f"{source}: field 'spec' must be an object, got {type(data).__name__}")
+    known = {k: v for k, v in data.items() if k in ProcessingSpec.__dataclass_fields__}
+    try:
+        return from_dict(ProcessingSpec, known, f"{source} spec")
+    except ConfigError as e:
+        raise ModelError(str(e)) from None
 
 
 def save_model(vlm: VLM, out_dir: str | Path, *, max_shard_size: str = "5GB") -> Path:
@@ -241,16 +334,34 @@ def save_model(vlm: VLM, out_dir: str | Path, *, max_shard_size: str = "5GB") ->
                          " (merge LoRA adapters first with merge_and_unload())")
     if any(p.is_meta for p in model.parameters()):
         raise ModelError(f"save_model: {vlm.name} is on the meta device (shapes only); build it on cpu")
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, max_shard_size=max_shard_size)
-    if vlm.tokenizer is not None:
-        vlm.tokenizer.save_pretrained(out)
     meta = {"format": "r1v/1", "name": vlm.name, "spec": vlm.spec.to_dict(), "provenance": vlm.provenance}
     if vlm.spec.ps_version == "v1":
         meta["note"] = ("ps_version v1: plain transformers applies v2 pixel shuffle to this folder; "
                         "load it with r1v.model.load_vlm for the checkpoint's own token order")
-    (out / R1V_JSON).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    with model_folder(out) as tmp:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        if vlm.tokenizer is not None:
+            vlm.tokenizer.save_pretrained(tmp)
+        (tmp / R1V_JSON).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return out
+
+
+@contextmanager
+def model_folder(out: str | Path) -> Iterator[Path]:
+    """Write a model folder atomically (`r1v.atomic.atomic_dir`): the block fills an empty temp folder that
+    replaces `out` when it succeeds. `out` may be absent, empty, or an earlier model folder (it is replaced
+    whole); a folder holding anything else is refused rather than deleted. Unwritable paths: OutputError."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: cannot write a model folder there (it is a file)")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise OutputError(f"{out}: exists and is not a model folder (no config.json); refusing to replace "
+                          "its files; choose an empty or new folder")
+    try:
+        with atomic_dir(out) as tmp:
+            yield tmp
+    except OSError as e:  # a writer inside the block (save_pretrained, safetensors) failed, e.g. a full disk
+        raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
 
 
 # ---------------------------------------------------------------------------------------------- parts
@@ -275,7 +386,7 @@ def load_vision(src: str | Path) -> tuple[InternVLVisionModel, float, str]:
         return tower, preset.downsample_ratio, preset.spec.ps_version
     kind = folder_kind(path)
     if kind == "vision":
-        return InternVLVisionModel.from_pretrained(path).eval(), 0.5, "v2"
+        return _from_pretrained(InternVLVisionModel, path).eval(), 0.5, "v2"
     if kind == "released_vision":
         return released.load_released_vision(path), 0.5, "v2"
     if kind in ("r1v", "hf", "released"):
@@ -303,11 +414,8 @@ def load_llm(src: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]
     kind = folder_kind(path)
     if kind != "llm":
         raise ModelError(f"{path}: a {kind} checkpoint, expected a CausalLM folder (e.g. Qwen2ForCausalLM)")
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: no usable tokenizer ({e})") from e
-    llm = AutoModelForCausalLM.from_pretrained(path, dtype="auto").eval()
+    tok = load_tokenizer(path)
+    llm = _from_pretrained(AutoModelForCausalLM, path, config=hf_config(path), dtype="auto").eval()
     if not hasattr(llm, "model") or not hasattr(llm, "lm_head"):
         raise ModelError(f"{path}: {type(llm).__name__} lacks .model/.lm_head (need a Qwen2/Llama-family CausalLM)")
     return llm, tok
@@ -356,7 +464,9 @@ def _compose(tower, ratio: float, ps_version: str, llm, tok, name: str, template
             try:
                 proj.load_state_dict(connector, strict=True)
             except RuntimeError as e:
-                raise ModelError(f"connector weights do not fit this vision tower + LLM: {e}") from e
+                source = provenance.get("connector", "the connector file")
+                detail = " ".join(str(e).split())  # torch lists every mismatch on its own line
+                raise ModelError(f"{source}: connector weights do not fit this vision tower + LLM: {detail}") from None
     model.model.multi_modal_projector = proj.to(dtype)
     if any(p.is_meta for p in model.parameters()):
         raise ModelError("internal: parts left on the meta device after assembly")

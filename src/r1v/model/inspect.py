@@ -6,11 +6,10 @@ and no memory is used, so the 38B presets inspect in a second.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, InternVLForConditionalGeneration
+from transformers import InternVLForConditionalGeneration
 
 from r1v.errors import ModelError
 from r1v.model.parts import LORA_TARGETS, POLICIES, apply_policy, count_params, lora_param_estimate
@@ -19,7 +18,7 @@ LORA_RANK = 16
 
 
 def _meta_model(target: str) -> tuple[torch.nn.Module, str]:
-    from r1v.model.build import build_preset, folder_kind
+    from r1v.model.build import build_preset, folder_kind, hf_config, read_folder_json
     from r1v.model.released import config_to_hf
 
     path = Path(target)
@@ -27,13 +26,16 @@ def _meta_model(target: str) -> tuple[torch.nn.Module, str]:
         return build_preset(target, device="meta").model, target
     kind = folder_kind(path)
     if kind in ("r1v", "hf"):
-        config = AutoConfig.from_pretrained(path)
+        config = hf_config(path)
     elif kind == "released":
-        config, _ = config_to_hf(json.loads((path / "config.json").read_text()), 0, str(path))
+        config, _ = config_to_hf(read_folder_json(path / "config.json"), 0, str(path / "config.json"))
     else:
         raise ModelError(f"{path}: a {kind} checkpoint, not a whole vision-language model")
-    with torch.device("meta"):
-        return InternVLForConditionalGeneration(config), path.name
+    try:
+        with torch.device("meta"):
+            return InternVLForConditionalGeneration(config), path.name
+    except Exception as e:  # noqa: BLE001 - a config transformers accepted but cannot build (bad sizes)
+        raise ModelError(f"{path / 'config.json'}: cannot build the model ({type(e).__name__}: {e})") from None
 
 
 def inspect_target(target: str) -> dict:

@@ -28,7 +28,7 @@ import torch
 from accelerate import init_empty_weights
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig
+from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig
 from transformers import InternVLVisionModel as _VisionModel
 from transformers.utils import logging as hf_logging
 
@@ -164,24 +164,22 @@ def state_to_released(sd: dict[str, torch.Tensor], tied: bool) -> dict[str, torc
 
 def read_state(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a folder: `model.safetensors.index.json` shards or a single `model.safetensors`."""
+    from safetensors import SafetensorError
+
+    from r1v.model.build import check_weights
+
     folder = Path(folder)
-    if (folder / INDEX).exists():
-        index = json.loads((folder / INDEX).read_text())
-        files = sorted(set(index.get("weight_map", {}).values()))
-        if not files:
-            raise ModelError(f"{folder / INDEX}: empty weight_map")
-    elif (folder / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
+    files = check_weights(folder)  # names a missing shard or a damaged header
+    if not files:
         raise ModelError(f"{folder}: no model.safetensors or {INDEX} (convert .bin checkpoints to safetensors first)")
     out: dict[str, torch.Tensor] = {}
-    for name in files:
-        path = folder / name
-        if not path.exists():
-            raise ModelError(f"{folder / INDEX}: shard {name} is missing")
-        with safe_open(str(path), framework="pt") as f:
-            for k in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                out[k] = f.get_tensor(k)
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for k in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    out[k] = f.get_tensor(k)
+        except (SafetensorError, OSError) as e:
+            raise ModelError(f"{path}: corrupt or truncated safetensors file ({e})") from None
     return out
 
 
@@ -262,9 +260,11 @@ def template_from_released(name: str | None, tokenizer=None) -> str:
 def config_to_hf(cfg: dict, image_token_id: int, src: str = "config.json") -> tuple[InternVLConfig, ProcessingSpec]:
     """Released top-level config -> (InternVLConfig, ProcessingSpec)."""
     try:
-        vc, lc = dict(cfg["vision_config"]), dict(cfg["llm_config"])
+        vc, lc = cfg["vision_config"], cfg["llm_config"]
     except KeyError as e:
-        raise ModelError(f"{src}: missing {e.args[0]!r}") from e
+        raise ModelError(f"{src}: missing {e.args[0]!r}") from None
+    if not isinstance(vc, dict) or not isinstance(lc, dict):
+        raise ModelError(f"{src}: 'vision_config' and 'llm_config' must be objects")
     mtype = lc.get("model_type") or ""
     if mtype not in SUPPORTED_LLMS:
         archs = lc.get("architectures")
@@ -274,11 +274,19 @@ def config_to_hf(cfg: dict, image_token_id: int, src: str = "config.json") -> tu
     text = {k: v for k, v in lc.items() if not k.startswith("_")
             and k not in ("architectures", "auto_map", "torch_dtype", "attn_implementation")}
     tie = bool(lc.get("tie_word_embeddings", False))
-    ratio = float(cfg.get("downsample_ratio", 0.5))
-    select = int(cfg.get("select_layer", -1))
-    vision = vision_config_to_hf(vc)
-    config = InternVLConfig(vision_config=vision.to_dict(), text_config=text, downsample_ratio=ratio,
-                            image_token_id=image_token_id, tie_word_embeddings=tie, vision_feature_layer=select)
+    try:
+        ratio = float(cfg.get("downsample_ratio", 0.5))
+        select = int(cfg.get("select_layer", -1))
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{src}: downsample_ratio / select_layer must be numbers ({e})") from None
+    try:
+        vision = vision_config_to_hf(vc)
+        config = InternVLConfig(vision_config=vision.to_dict(), text_config=text, downsample_ratio=ratio,
+                                image_token_id=image_token_id, tie_word_embeddings=tie, vision_feature_layer=select)
+    except KeyError as e:
+        raise ModelError(f"{src}: vision_config has no {e.args[0]!r}") from None
+    except Exception as e:  # noqa: BLE001 - transformers' config checks raise TypeError, ValueError, hub errors
+        raise ModelError(f"{src}: invalid config ({type(e).__name__}: {e})") from None
     dynamic = bool(cfg.get("dynamic_image_size", True))
     spec = ProcessingSpec(
         template=template_from_released(cfg.get("template")),
@@ -329,24 +337,21 @@ def config_to_released(config: InternVLConfig, spec: ProcessingSpec, base: dict 
 # ---------------------------------------------------------------------------------------------- folders
 
 def _read_config(folder: Path) -> dict:
-    try:
-        return json.loads((Path(folder) / "config.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError) as e:
-        raise ModelError(f"{folder}/config.json: unreadable ({e})") from e
+    from r1v.model.build import read_folder_json
+
+    return read_folder_json(Path(folder) / "config.json")
 
 
 def load_released(folder: str | Path, dtype: torch.dtype | None = None):
     """A released remote-code folder as a `VLM` (weights renamed in memory; ps_version v1 patched)."""
-    from r1v.model.build import VLM, set_ps_version
+    from r1v.model.build import VLM, load_tokenizer, set_ps_version
 
     folder = Path(folder)
     cfg = _read_config(folder)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # AutoTokenizer reads config.json and warns about the remote model_type
     try:
-        tok = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{folder}: no usable tokenizer ({e})") from e
+        tok = load_tokenizer(folder)
     finally:
         hf_logging.set_verbosity(verbosity)
     added = add_image_tokens(tok)
@@ -392,19 +397,21 @@ def load_released_vision(folder: str | Path) -> _VisionModel:
 
 def export_released(vlm, dst: str | Path, max_shard_bytes: int = 5 * 1024**3) -> Path:
     """Write `vlm` in the released layout (config.json, shards + index, tokenizer). No modeling code."""
+    from r1v.model.build import model_folder
+
     dst = Path(dst)
     model = vlm.model
     if any(p.is_meta for p in model.parameters()):
         raise ModelError(f"{vlm.name} is on the meta device (shapes only); nothing to export")
-    dst.mkdir(parents=True, exist_ok=True)
     tied = bool(model.config.tie_word_embeddings)
     sd = state_to_released(model.state_dict(), tied)
-    write_sharded(sd, dst, max_shard_bytes)
     dtype = str(next(iter(sd.values())).dtype).removeprefix("torch.")
     cfg = config_to_released(model.config, vlm.spec, vlm.provenance.get("released_config"), dtype)
-    (dst / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
-    if vlm.tokenizer is not None:
-        vlm.tokenizer.save_pretrained(dst)
+    with model_folder(dst) as tmp:  # the whole folder appears at once, or not at all
+        write_sharded(sd, tmp, max_shard_bytes)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+        if vlm.tokenizer is not None:
+            vlm.tokenizer.save_pretrained(tmp)
     return dst
 
 

@@ -79,7 +79,7 @@ def _open(src: Any, name: str) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageError("not a recognised image format (corrupt or not an image)", source=name) from None
     except OSError as exc:
-        raise ImageError(f"cannot read image: {exc}", source=name) from None
+        raise ImageError(f"cannot read image (corrupt or truncated): {exc}", source=name) from None
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:

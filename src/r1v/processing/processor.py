@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from r1v.errors import DataError, ModelError
+from r1v.errors import DataError, ImageError, ModelError
 from r1v.processing.spec import IMG_CONTEXT, IMG_END, IMG_START, ProcessingSpec
 from r1v.processing.template import render_prompt, render_training
 from r1v.processing.tiling import tile_images
@@ -79,16 +79,20 @@ class Processor:
                             record=sample.id, field="images")
         if not images:
             return None, []
-        if cache is None:
-            return self._tile(images)
         parts, tiles = [], []
-        for image in images:
+        for i, image in enumerate(images):
             key = str(image) if isinstance(image, (str, Path)) else id(image)
-            if key not in cache:
-                cache[key] = self._tile([image])
-            parts.append(cache[key][0])
-            tiles += cache[key][1]
-        return torch.cat(parts), tiles
+            got = cache.get(key) if cache is not None else None
+            if got is None:
+                try:
+                    got = self._tile([image])
+                except ImageError as e:  # say which sample and which of its images
+                    raise ImageError(e.message, source=e.source, record=sample.id, field=f"images[{i}]") from None
+                if cache is not None:
+                    cache[key] = got
+            parts.append(got[0])
+            tiles += got[1]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), tiles
 
     def _tile(self, images: list[Any]) -> tuple[torch.Tensor, list[int]]:
         spec = self.spec
@@ -134,7 +138,7 @@ class Processor:
         try:
             segments = render_training(messages, self.spec.template, think=think)
         except DataError as exc:
-            raise DataError(str(exc), record=sample.id) from None
+            raise DataError(exc.detail, record=sample.id, field=exc.field) from None
         ids: list[int] = []
         labels: list[int] = []
         cursor = 0

@@ -91,12 +91,12 @@ def _command(name: str) -> None:
         config: Annotated[Path | None, typer.Option("--config", help="The stage's YAML config (see configs/).")] = None,
         overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.max_steps=2.")] = None,
     ) -> None:
-        from r1v.errors import R1VError
+        from r1v.errors import R1VError, one_line
 
         try:
             run_stage(name, config, list(overrides or []))
         except R1VError as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            typer.secho(f"error: {one_line(e)}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
 
     command.__doc__ = _help(name)

@@ -246,7 +246,8 @@ def encode_rows(processor: Any, rows: Sequence[Row], *, max_seq_len: int, bad: B
         try:
             item = processor.encode_for_training(row.sample)
         except R1VError as e:
-            bad.handle(DataError(f"cannot encode sample {row.sample.id!r}: {e}", **where), "encode")
+            bad.handle(DataError(f"cannot encode sample {row.sample.id!r}: {getattr(e, 'detail', e)}",
+                                 field=getattr(e, "field", None), **where), "encode")
             continue
         length = len(item["input_ids"])
         if length > max_seq_len:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from r1v.atomic import atomic_write_text
 from r1v.errors import AssetError
 
 DEMO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
@@ -90,11 +91,12 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, scale: str | None = 
     chat = chat_example(final, out / "data" / "heldout.jsonl", console, seed) if final and scale != "tiny" else None
     report.update(parts={k: str(v) for k, v in parts.items()}, chat=chat,
                   demo_wall_seconds=round(time.perf_counter() - started, 1))
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     if chat:
-        with (out / "report.md").open("a") as f:
-            f.write(f"\n## r1v chat\n\n    $ r1v chat --model {chat['model']} --image {chat['image']} "
-                    f"\"{chat['question']}\"\n\nthinking: {chat['think']!r}\n\nanswer: {chat['answer']!r} "
-                    f"(gold: {chat['gold']})\n")
+        md = out / "report.md"
+        atomic_write_text(md, md.read_text() + (
+            f"\n## r1v chat\n\n    $ r1v chat --model {chat['model']} --image {chat['image']} "
+            f"\"{chat['question']}\"\n\nthinking: {chat['think']!r}\n\nanswer: {chat['answer']!r} "
+            f"(gold: {chat['gold']})\n"))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     console.print(f"demo finished in {report['demo_wall_seconds'] / 60:.1f} min; report in {out}")
     return report

@@ -47,6 +47,7 @@ from rich.console import Console
 from torch import nn
 
 from r1v.algos.losses import MPO_WEIGHTS, RunningMean, mpo_loss, selective_log_softmax
+from r1v.atomic import atomic_write_text
 from r1v.config import to_dict
 from r1v.data.schema import PreferencePair
 from r1v.errors import ConfigError, DataError, R1VError
@@ -73,6 +74,7 @@ from r1v.recipes.mpo_pairs import (  # re-exported: the pair helpers' public hom
 from r1v.rewards.reward_model import IGNORE_INDEX, with_answer
 from r1v.train import LossOutput, Objective, TrainConfig, latest_checkpoint, train
 from r1v.train.loop import setup_accelerator
+from r1v.train.state import read_extra
 
 
 @dataclass
@@ -317,9 +319,9 @@ def precompute_reference(model: nn.Module, items: list[dict], collate: Callable[
 def restore_delta(delta: RunningMean, cfg: TrainConfig) -> bool:
     """On resume, load BCO's running mean from the latest checkpoint's `extra`; True when restored."""
     ckpt = latest_checkpoint(cfg.out_dir) if cfg.resume else None
-    if ckpt is None or not (ckpt / "extra.pt").exists():
+    if ckpt is None:
         return False
-    extra = torch.load(ckpt / "extra.pt", weights_only=False)
+    extra = read_extra(ckpt)
     if "bco_delta" not in extra:
         return False
     delta.load_state_dict(extra["bco_delta"])
@@ -367,10 +369,8 @@ def run(cfg: MPOConfig, console: Console | None = None) -> dict:
                    for r in read_stage_data(cfg.data, image_root=cfg.image_root, bad=bad, with_target=False)]
         pairs, gen_stats = generate_pairs(vlm, prompts, cfg, rm)
         rows = [PairRow(p, "generated", i) for i, p in enumerate(pairs)]
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "pairs.jsonl", "w", encoding="utf-8") as f:
-            for p in pairs:
-                f.write(json.dumps(pair_record(p, base=out, image_dir=out / "pair_images"), default=str) + "\n")
+        atomic_write_text(out / "pairs.jsonl", "".join(
+            json.dumps(pair_record(p, base=out, image_dir=out / "pair_images"), default=str) + "\n" for p in pairs))
     else:
         rows = read_pairs(cfg.data, image_root=cfg.image_root, bad=bad)
         if rm is not None:

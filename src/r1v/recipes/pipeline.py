@@ -220,6 +220,17 @@ def step_config(cfg: PipelineConfig, step: Step, scale: str | None = None, hande
     return from_dict(cls, data, f"steps.{step.name} ({step.stage}, scale={scale})")
 
 
+def read_step_summary(path: Path) -> dict:
+    """A finished step's summary.json (resume reuses it); a damaged one names the file and the way out."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable step summary ({e}); delete it to run the step again") from None
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{path}: expected a JSON object; delete it to run the step again")
+    return summary
+
+
 def _lookup(summary: dict, key: str) -> Any:
     node: Any = summary
     for part in key.split("."):
@@ -269,7 +280,7 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
         summary_path = out / step.name / "summary.json"
         t0 = time.perf_counter()
         if cfg.resume and summary_path.exists():
-            summary = json.loads(summary_path.read_text())
+            summary = read_step_summary(summary_path)
             console.print(f"{step.name}: reusing {summary_path}")
         elif step.stage == "reasoning-llm":
             summary = run_reasoning_llm(stage_cfg, console=console)

@@ -131,21 +131,35 @@ class RewardModel:
     def load(cls, path: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None,
              batch_size: int = 8) -> RewardModel:
         """Load a folder written by `save` (or by `r1v train rm`)."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from r1v.model.build import load_vlm
+        from r1v.model.build import load_vlm, read_folder_json
 
         path = Path(path)
         if not (path / META_FILE).is_file() or not (path / HEAD_FILE).is_file():
             raise ModelError(f"{path}: not a reward model folder (needs {META_FILE} and {HEAD_FILE}; "
                              "train one with `r1v train rm`)")
-        meta = json.loads((path / META_FILE).read_text())
+        meta = read_folder_json(path / META_FILE)
         if meta.get("format") != FORMAT:
             raise ModelError(f"{path / META_FILE}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
+        hidden = meta.get("hidden_size")
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ModelError(f"{path / META_FILE}: field 'hidden_size' must be a positive integer, got {hidden!r}")
+        try:
+            weights = load_file(str(path / HEAD_FILE))
+        except (SafetensorError, OSError) as e:
+            raise ModelError(f"{path / HEAD_FILE}: corrupt or truncated safetensors file ({e})") from None
+        head = nn.Linear(hidden, 1)
+        try:
+            head.load_state_dict(weights)
+        except RuntimeError as e:
+            raise ModelError(f"{path / HEAD_FILE}: does not fit a head of hidden size {hidden}: "
+                             f"{' '.join(str(e).split())}") from None
         vlm = load_vlm(path, device=device, dtype=dtype)
-        weights = load_file(str(path / HEAD_FILE))
-        head = nn.Linear(int(meta["hidden_size"]), 1)
-        head.load_state_dict(weights)
+        model_hidden = vlm.model.config.text_config.hidden_size
+        if model_hidden != hidden:
+            raise ModelError(f"{path / META_FILE}: hidden_size {hidden} does not match the model's {model_hidden}")
         p = next(vlm.model.parameters())
         rm = cls(vlm, ScalarHeadModel(vlm.model, head.to(p.device, p.dtype)), batch_size)
         rm.net.eval()
@@ -155,14 +169,15 @@ class RewardModel:
         """Write the model folder, the head and `reward_model.json`."""
         from safetensors.torch import save_file
 
-        from r1v.model.build import save_model
+        from r1v.model.build import model_folder, save_model
 
         folder = Path(folder)
-        save_model(self.vlm, folder)
         head = {k: v.detach().cpu().contiguous() for k, v in self.net.head.state_dict().items()}
-        save_file(head, str(folder / HEAD_FILE))
-        (folder / META_FILE).write_text(json.dumps({"format": FORMAT, "hidden_size": self.net.head.in_features,
-                                                    "score": "last answer token"}, indent=2) + "\n")
+        with model_folder(folder) as tmp:  # the model, the head and the meta file appear together
+            save_model(self.vlm, tmp)
+            save_file(head, str(tmp / HEAD_FILE))
+            (tmp / META_FILE).write_text(json.dumps({"format": FORMAT, "hidden_size": self.net.head.in_features,
+                                                     "score": "last answer token"}, indent=2) + "\n")
         return folder
 
     @torch.no_grad()

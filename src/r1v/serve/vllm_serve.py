@@ -68,14 +68,17 @@ def chat_template_jinja(template: str) -> str:
 
 def checkpoint_template(model_dir: Path) -> tuple[str, bool]:
     """(our template name, whether the folder is the released remote-code layout)."""
+    from r1v.model.build import read_folder_json
+
     r1v_json = model_dir / "r1v.json"
     if r1v_json.is_file():
-        return json.loads(r1v_json.read_text()).get("spec", {}).get("template", "chatml"), False
+        spec = read_folder_json(r1v_json).get("spec", {})
+        return (spec.get("template", "chatml") if isinstance(spec, dict) else "chatml"), False
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
         raise ConfigError(f"{model_dir}: no config.json; --engine vllm needs a checkpoint folder "
                           "(presets such as 'tiny' only run with --engine transformers)")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_folder_json(cfg_path)
     released = "llm_config" in cfg or bool(cfg.get("auto_map"))
     if released:
         from r1v.model.released import template_from_released

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from r1v.atomic import atomic_savefig, atomic_write_text
 from r1v.errors import DataError
 
 METRICS_FILE = "metrics.jsonl"
@@ -83,7 +84,7 @@ def plot_metrics(path: str | Path, out_dir: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         target = out_dir / f"{name.replace('/', '_')}.png"
-        fig.savefig(target, dpi=100)
+        atomic_savefig(fig, target)
         plt.close(fig)
         written.append(target)
     return written
@@ -104,10 +105,10 @@ class MetricsLogger:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
-            self.path.write_text("")
-        elif self.path.exists():  # keep only what the checkpoint had seen
+            atomic_write_text(self.path, "")
+        elif self.path.exists():  # keep only what the checkpoint had seen (a kill here loses nothing)
             keep = [row for row in read_metrics(self.path) if row["step"] <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         if "tensorboard" in sinks:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -253,13 +253,62 @@ def save_checkpoint(out_dir: str | Path, state: TrainState, *, model: nn.Module,
     return final
 
 
+def _corrupt(path: Path, e: Exception) -> R1VError:
+    return R1VError(f"{path}: corrupt or truncated checkpoint file ({type(e).__name__}: {e}); delete the "
+                    f"checkpoint folder {path.parent.name} to resume from an earlier one")
+
+
+def _torch_file(path: Path, map_location: str | None = None) -> Any:
+    """`torch.load` of one checkpoint file; a missing or damaged file is an R1VError naming it."""
+    if not path.is_file():
+        raise R1VError(f"{path}: missing from the checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - pickle/zip/EOF errors of a damaged file have many types
+        raise _corrupt(path, e) from None
+
+
+def read_state_json(path: Path) -> dict[str, Any]:
+    """The `state.json` of checkpoint folder `path`, checked field by field against `TrainState`."""
+    file = path / "state.json"
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise R1VError(f"{file}: not valid JSON ({e}); the checkpoint is damaged") from None
+    if not isinstance(info, dict):
+        raise R1VError(f"{file}: expected a JSON object, got {type(info).__name__}")
+    known = {f for f in TrainState.__dataclass_fields__ if f != "extra"}
+    unknown = sorted(set(info) - known)
+    if unknown:
+        raise R1VError(f"{file}: unknown field(s) {unknown}; known: {sorted(known)}")
+    for name, value in info.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise R1VError(f"{file}: field {name!r} must be a non-negative integer, got {value!r}")
+    return info
+
+
+def read_extra(path: str | Path) -> dict[str, Any]:
+    """The stage's `extra` dict saved in checkpoint folder `path` ({} when it has none); a damaged
+    `extra.pt` is an R1VError naming it."""
+    file = Path(path) / "extra.pt"
+    if not file.exists():
+        return {}
+    extra = _torch_file(file)
+    if not isinstance(extra, dict):
+        raise R1VError(f"{file}: expected a dict, got {type(extra).__name__}")
+    return extra
+
+
 def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None, accelerator: Any = None) -> TrainState:
     """Load a checkpoint into `model` (trainable weights), optimiser, scheduler and this process's RNG.
 
     Weights are copied in place into the existing parameters, so call it after `accelerator.prepare`.
     The world size must match the one that wrote the checkpoint when RNG or optimiser state is per process.
+    Every file is read and checked (names, shapes, JSON fields) before anything is changed, so a damaged
+    checkpoint raises an `R1VError` naming the file and leaves the model and optimiser as they were.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -267,13 +316,37 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
         raise R1VError(f"{path}: not a complete checkpoint (no state.json)")
     rank, world = _rank_world(accelerator)
     bare = accelerator.unwrap_model(model) if accelerator is not None else model
-    weights = load_file(str(path / "trainable.safetensors"))
+    info = read_state_json(path)
+    weights_file = path / "trainable.safetensors"
+    if not weights_file.is_file():
+        raise R1VError(f"{weights_file}: missing from the checkpoint")
+    try:
+        weights = load_file(str(weights_file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _corrupt(weights_file, e) from None
     params = dict(bare.named_parameters())
     expected = set(trainable_names(bare))
     if set(weights) != expected:
         missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-        raise R1VError(f"{path}: trainable weights do not match the model's trainable parameters "
+        raise R1VError(f"{weights_file}: trainable weights do not match the model's trainable parameters "
                        f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was the policy changed?")
+    for name, value in weights.items():
+        shape = tuple(params[name].shape)  # a DTensor (FSDP2) reports its whole shape too
+        if tuple(value.shape) != shape:
+            raise R1VError(f"{weights_file}: tensor {name!r} has shape {tuple(value.shape)}, which does not match "
+                           f"the model's {shape}; the checkpoint is from another model")
+    saved_optimizer = None
+    if optimizer is not None:
+        sharded = path / f"optimizer-rank{rank}.pt"
+        saved_optimizer = _torch_file(sharded if sharded.exists() else path / "optimizer.pt", "cpu")
+    saved_scheduler = _torch_file(path / "scheduler.pt") if scheduler is not None else None
+    rng = path / "rng" / f"rank-{rank}.pt"
+    if not rng.exists():
+        raise R1VError(f"{path}: no RNG state for process {rank}; resume with the same number of processes "
+                       f"that wrote it (now {world})")
+    rng_state = _torch_file(rng)
+    extra = read_extra(path)
+
     with torch.no_grad():
         for name, value in weights.items():
             param = params[name]
@@ -284,19 +357,20 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
                 value = distribute_tensor(value, param.device_mesh, param.placements)
             param.copy_(value)
     if optimizer is not None:
-        sharded = path / f"optimizer-rank{rank}.pt"
-        source = sharded if sharded.exists() else path / "optimizer.pt"
-        saved = torch.load(source, map_location="cpu", weights_only=False)
         if is_sharded(bare):
-            saved = _sharded_optimizer_state(saved, optimizer)
-        optimizer.load_state_dict(saved)
+            saved_optimizer = _sharded_optimizer_state(saved_optimizer, optimizer)
+        try:
+            optimizer.load_state_dict(saved_optimizer)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise R1VError(f"{path}: the optimiser state does not fit this run's optimiser ({e})") from None
     if scheduler is not None:
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng = path / "rng" / f"rank-{rank}.pt"
-    if not rng.exists():
-        raise R1VError(f"{path}: no RNG state for process {rank}; resume with the same number of processes "
-                       f"that wrote it (now {world})")
-    restore_rng(torch.load(rng, weights_only=False))
-    info = json.loads((path / "state.json").read_text())
-    extra = torch.load(path / "extra.pt", weights_only=False) if (path / "extra.pt").exists() else {}
+        try:
+            scheduler.load_state_dict(saved_scheduler)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise R1VError(f"{path / 'scheduler.pt'}: does not fit this run's scheduler ({e})") from None
+    try:
+        restore_rng(rng_state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise R1VError(f"{rng}: not an RNG state ({type(e).__name__}: {e})") from None
     return TrainState(**info, extra=extra)
+

@@ -71,10 +71,14 @@ def _raw_entries(path: Path, problems: list[Problem]) -> list[tuple[int, str | N
     src = str(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read outputs: {e}", source=src) from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"cannot read outputs: not UTF-8 text (byte {e.start}: {e.reason})", source=src) from None
+    except OSError as e:
+        raise DataError(f"cannot read outputs: {e.strerror or e}", source=src) from None
     stripped = text.lstrip()
-    if path.suffix == ".jsonl" or (stripped and stripped[0] not in "[{"):
+    if not stripped:
+        raise DataError("no records (the file is empty)", source=src)
+    if path.suffix == ".jsonl" or stripped[0] not in "[{":
         return _raw_entries_jsonl(text, src, problems)
     try:
         data = json.loads(text)
@@ -84,13 +88,18 @@ def _raw_entries(path: Path, problems: list[Problem]) -> list[tuple[int, str | N
             return _raw_entries_jsonl(text, src, problems)
         raise DataError(f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})", source=src) from e
     if isinstance(data, list):
-        return [(i + 1, None, v) for i, v in enumerate(data)]
-    if isinstance(data, dict):
+        entries: list[tuple[int, str | None, Any]] = [(i + 1, None, v) for i, v in enumerate(data)]
+    elif isinstance(data, dict):
         # {id: record} (MathVista output_*.json, Skywork MMK12) unless it is one record itself.
         if data and all(isinstance(v, dict) for v in data.values()):
-            return [(i + 1, str(k), v) for i, (k, v) in enumerate(data.items())]
-        return [(1, None, data)]
-    raise DataError(f"expected a JSON list or object of records, got {type(data).__name__}", source=src)
+            entries = [(i + 1, str(k), v) for i, (k, v) in enumerate(data.items())]
+        else:
+            entries = [(1, None, data)] if data else []
+    else:
+        raise DataError(f"expected a JSON list or object of records, got {type(data).__name__}", source=src)
+    if not entries:
+        raise DataError("no records (the file parses but holds no outputs)", source=src)
+    return entries
 
 
 def _raw_entries_jsonl(text: str, src: str, problems: list[Problem]) -> list[tuple[int, str | None, Any]]:

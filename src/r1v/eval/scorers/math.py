@@ -184,6 +184,8 @@ def read_outputs(path: Path) -> tuple[list[Record], list[Problem]]:
     """A JSON/JSONL output file, or every *.json / *.jsonl file in a folder."""
     path = Path(path)
     files = sorted([*path.glob("*.json"), *path.glob("*.jsonl")]) if path.is_dir() else [path]
+    if not files:
+        raise DataError("no output files (looked for *.json, *.jsonl)", source=str(path))
     records: list[Record] = []
     problems: list[Problem] = []
     for f in files:

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from r1v.errors import DataError
 from r1v.eval.judge import Judge
 from r1v.eval.scorers.base import (
     ItemResult,
@@ -36,6 +37,8 @@ from r1v.eval.scorers.base import (
 from r1v.rewards.extract import extract_answer, extract_choice, split_think
 
 RULE = "mathvista_official"
+QUESTION_TYPES = ("multi_choice", "free_form")
+ANSWER_TYPES = ("text", "integer", "float", "list")
 CATEGORY_KEYS = ["question_type", "answer_type", "language", "source", "category", "task", "context", "grade",
                  "skills"]
 _GOLD_FIELDS = ("answer", "choices", "question_type", "answer_type", "precision")
@@ -126,6 +129,8 @@ def load_mathvista_outputs(path: Path) -> tuple[list[Record], list[Problem]]:
     """One `output_*.json` ({pid: record}) / JSON list / JSONL, or a folder of `output_*.json` files."""
     path = Path(path)
     files = sorted(path.glob("output_*.json")) if path.is_dir() else [path]
+    if not files:
+        raise DataError("no mathvista output files (looked for output_*.json)", source=str(path))
     records: list[Record] = []
     problems: list[Problem] = []
     for f in files:
@@ -185,6 +190,10 @@ def _score_one(rec: Record, gold: dict[str, dict[str, Any]] | None, judge: Judge
         bad("missing_field", f"no gold {', '.join(missing)} (give --gold testmini.json)")
         return None
     qtype, atype = str(problem["question_type"]), str(problem["answer_type"])
+    if qtype not in QUESTION_TYPES or atype not in ANSWER_TYPES:
+        bad("wrong_type", f"question_type {qtype!r} / answer_type {atype!r} are not MathVista types "
+            f"({', '.join(QUESTION_TYPES)} / {', '.join(ANSWER_TYPES)})")
+        return None
     choices = problem.get("choices")
     if qtype == "multi_choice" and not (isinstance(choices, list) and choices):
         bad("wrong_type", "multi_choice item without a 'choices' list")

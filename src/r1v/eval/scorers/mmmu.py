@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from r1v.errors import DataError
 from r1v.eval.scorers.base import (
     ItemResult,
     Problem,
@@ -37,6 +38,7 @@ from r1v.eval.scorers.skywork import skywork_match
 from r1v.rewards.extract import split_think
 
 RULE = "mmmu_official"
+QUESTION_TYPES = ("multiple-choice", "open", "short-answer")  # the last two both score as open
 
 DISCIPLINES: dict[str, list[str]] = {
     "Art and Design": ["Art", "Art_Theory", "Design", "Music"],
@@ -220,6 +222,8 @@ def load_mmmu_outputs(path: Path) -> tuple[list[Record], list[Problem]]:
         files = sorted(path.glob("*/output.json")) or sorted(path.glob("*.json")) + sorted(path.glob("*.jsonl"))
     else:
         files = [path]
+    if not files:
+        raise DataError("no mmmu output files (looked for <Subject>/output.json, *.json, *.jsonl)", source=str(path))
     records: list[Record] = []
     problems: list[Problem] = []
     for f in files:
@@ -279,6 +283,10 @@ def _score_one(rec: Record, gold: dict[str, Any] | None, rng: random.Random,
         qtype, answer = data.get("question_type"), data.get("answer")
     if answer is None or qtype is None:
         bad("missing_field", "no gold answer/question_type (give the gold file); scored as missing")
+        return None
+    if qtype not in QUESTION_TYPES:
+        bad("wrong_type", f"question_type {qtype!r} is not an MMMU type ({', '.join(QUESTION_TYPES)}); "
+            "scored as missing")
         return None
     gold_answer = _gold_value(answer)
     _, response = split_think(data["response"])
