@@ -12,9 +12,10 @@ Model state (P = all parameters, T = trainable parameters, n = GPUs):
   mixed precision (the usual 2 + 2 + 12 = 16 bytes per trainable parameter).
 - `fsdp` and `zero3` shard all three over the n GPUs (/ n); `ddp` keeps a full copy on each GPU.
   `offload_optimizer` moves optimiser state and master weights to CPU RAM (reported separately).
-- gather buffers (fsdp/zero3): a GPU holds the gathered bf16 weights of the root unit (embeddings, LM
-  head, connector, everything outside a decoder/ViT layer) plus two decoder layers (one computing,
-  one prefetched).
+- gather buffers: with fsdp a GPU holds the gathered bf16 weights of the root unit (embeddings, LM head,
+  connector and the whole vision tower: the ViT layers are not units of their own, see
+  configs/accelerate/README.md) plus two LLM decoder layers (one computing, one prefetched); with zero3
+  the root without the ViT layers plus two layers.
 
 Activations per micro-batch of b samples (bf16, 2 bytes per element, not sharded: data parallel):
 - LLM, per layer and token, without activation checkpointing k_llm = 6h + 2h_kv + 4i elements (norm
@@ -169,7 +170,10 @@ def per_gpu_bytes(shapes: Shapes, req: PlanRequest) -> tuple[dict[str, int], int
     }
     cpu = opt_per_param * trainable // shard if req.offload_optimizer else 0
     per["gather_buffers"] = 0
-    if shard > 1:
+    if shard > 1 and req.strategy == "fsdp":  # units: the LLM layers; the root holds the ViT too
+        root = shapes.params["total"] - shapes.llm_layers * shapes.llm_layer_params
+        per["gather_buffers"] = wbytes * (root + 2 * shapes.llm_layer_params)
+    elif shard > 1:  # ZeRO-3 fetches each module's parameters as it runs
         layers = shapes.llm_layers * shapes.llm_layer_params + shapes.vit_layers * shapes.vit_layer_params
         root = shapes.params["total"] - layers
         per["gather_buffers"] = wbytes * (root + 2 * max(shapes.llm_layer_params, shapes.vit_layer_params))

@@ -32,7 +32,7 @@ from r1v.errors import ConfigError
 from r1v.train.config import TrainConfig
 from r1v.train.metrics import MetricsLogger, Progress, plot_metrics
 from r1v.train.optim import build_optimizer, build_scheduler
-from r1v.train.shard import shard_model
+from r1v.train.shard import keep_every_gradient, shard_model
 from r1v.train.state import TrainState, is_sharded, latest_checkpoint, load_checkpoint, save_checkpoint
 
 IGNORE_INDEX = -100
@@ -280,6 +280,8 @@ def prepare_run(model: nn.Module, cfg: TrainConfig, total: int, *, accelerator: 
         optimizer = accelerator.prepare(optimizer)
     else:
         model, optimizer = accelerator.prepare(model, optimizer)
+        if str(accelerator.distributed_type).endswith("FSDP"):  # accelerate's FSDP config sharded it
+            keep_every_gradient(accelerator.unwrap_model(model))
     state = TrainState(data_seed=cfg.seed, extra=dict(extra or {}))
     resumed = latest_checkpoint(cfg.out_dir) if cfg.resume else None
     if resumed is not None:
