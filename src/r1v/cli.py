@@ -169,12 +169,15 @@ def chat(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     agent: Annotated[bool, typer.Option("--agent", help="Run the agent loop with tools (code sandbox), greedy.")] = False,
     max_turns: Annotated[int, typer.Option(help="Agent mode: model turns before the episode is stopped.")] = 4,
+    quantize: Annotated[str | None, typer.Option(help="Quantise the LLM's weights for inference: int8 or int4 (bitsandbytes; the vision tower and connector stay full precision).")] = None,
 ) -> None:
     """Ask a model about images; streams the thinking and the answer separately."""
     from r1v.serve.chat import run_chat
 
     try:
         if agent:
+            if quantize is not None:
+                raise R1VError("--quantize is not available with --agent")
             from r1v.recipes.agent_sft import agent_chat
 
             agent_chat(model=model, question=question, images=list(image or []), max_turns=max_turns,
@@ -182,7 +185,7 @@ def chat(
             return
         run_chat(model=model, question=question, images=list(image or []), max_think_tokens=max_think_tokens,
                  think=not no_think, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                 repetition_penalty=repetition_penalty, seed=seed)
+                 repetition_penalty=repetition_penalty, seed=seed, quantize=quantize)
     except R1VError as e:
         _fail(e)
 
@@ -204,6 +207,7 @@ def serve(
     cors_origin: Annotated[list[str] | None, typer.Option(help="Allow this browser origin (repeatable; default none).")] = None,
     tensor_parallel_size: Annotated[int, typer.Option(help="--engine vllm: GPUs per model.")] = 1,
     device: Annotated[str, typer.Option(help="Torch device for --engine transformers.")] = "cpu",
+    quantize: Annotated[str | None, typer.Option(help="Quantise the LLM's weights for inference: int8 or int4 (bitsandbytes; the vision tower and connector stay full precision).")] = None,
 ) -> None:
     """Serve a model with an OpenAI-compatible API (/v1/chat/completions) and a web chat page (/)."""
     from r1v.serve.app import ServeSettings
@@ -215,7 +219,7 @@ def serve(
                              allow_file_dir=allow_file_dir, cors_origins=[o for o in (cors_origin or []) if o])
     try:
         run_server(model=model, host=host, port=port, api_key=api_key, engine=engine, settings=settings,
-                   device=device, tensor_parallel_size=tensor_parallel_size)
+                   device=device, tensor_parallel_size=tensor_parallel_size, quantize=quantize)
     except R1VError as e:
         _fail(e)
 
@@ -243,6 +247,7 @@ def eval_(
     agent: Annotated[bool, typer.Option("--agent", help="Answer with the agent loop and tools (benchmark 'zoom' "
                                         "with --data N: the held-out zoom task).")] = False,
     max_turns: Annotated[int, typer.Option(help="Agent mode: model turns per episode.")] = 4,
+    quantize: Annotated[str | None, typer.Option(help="Quantise the LLM's weights for inference: int8 or int4 (bitsandbytes; the vision tower and connector stay full precision).")] = None,
 ) -> None:
     """Generate answers for a benchmark and score them with its own rule (resumable)."""
     from r1v.eval.report import markdown
@@ -251,6 +256,8 @@ def eval_(
     if agent:
         from r1v.recipes.agent_sft import agent_eval
 
+        if quantize is not None:
+            _fail(R1VError("--quantize is not available with --agent"))
         try:
             agent_eval(model=model, benchmark=benchmark, data=data, out=out, limit=limit, max_turns=max_turns,
                        max_new_tokens=min(max_new_tokens, 512), max_tiles=max_tiles, batch_size=batch_size)
@@ -261,7 +268,8 @@ def eval_(
                      limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
                      max_think_tokens=max_think_tokens, max_tiles=max_tiles, think=not no_think,
                      temperature=temperature, top_p=top_p,
-                     repetition_penalty=repetition_penalty, seed=seed, judge_url=judge_url, judge_model=judge_model)
+                     repetition_penalty=repetition_penalty, seed=seed, judge_url=judge_url, judge_model=judge_model,
+                     quantize=quantize)
     try:
         summary = evaluate(cfg)
     except R1VError as e:
