@@ -68,12 +68,30 @@ def assemble(
 def convert(
     src: Annotated[Path, typer.Argument(help="Source checkpoint folder.")],
     dst: Annotated[Path, typer.Argument(help="Destination folder.")],
-    to: Annotated[str, typer.Option(help="Target layout: 'hf' (transformers InternVL) or 'released' (Skywork/InternVL remote-code).")] = "hf",
+    to: Annotated[str, typer.Option(help="Target: 'hf' (transformers InternVL), 'released' (Skywork/InternVL remote-code), "
+                                    "'gguf' (llama.cpp: LLM file + mmproj file) or 'compressed-tensors' (vLLM, quantised).")] = "hf",
+    type_: Annotated[str | None, typer.Option("--type", help="gguf: f16 (default), q8_0 or q4_0; compressed-tensors: int8 or int4 (default).")] = None,
 ) -> None:
-    """Convert between the released remote-code layout and the transformers layout."""
-    from r1v.model.released import convert as _convert
-
+    """Convert between layouts, or export for llama.cpp (GGUF) and vLLM (compressed-tensors int8/int4)."""
     try:
+        if to == "gguf":
+            from r1v.export.gguf import export_gguf
+
+            report = export_gguf(src, dst, type_ or "f16")
+            typer.echo(f"wrote {report['llm']} and {report['mmproj']}")
+            for note in report["notes"]:
+                typer.echo(f"note: {note}")
+            return
+        if to == "compressed-tensors":
+            from r1v.export.compressed import export_compressed
+
+            report = export_compressed(src, dst, type_ or "int4")
+            typer.echo(f"wrote {dst} (compressed-tensors {report['scheme']}: {report['quantized_linears']} linears)")
+            return
+        if type_ is not None:
+            raise R1VError(f"--type is for --to gguf or compressed-tensors, not --to {to}")
+        from r1v.model.released import convert as _convert
+
         _convert(src, dst, to=to)
     except R1VError as e:
         _fail(e)
