@@ -156,10 +156,27 @@ def plan(
     checkpointing: Annotated[bool, typer.Option(help="Activation checkpointing.")] = True,
     offload_optimizer: Annotated[bool, typer.Option(help="Optimiser state in CPU RAM (fsdp/zero3).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    quantize: Annotated[str | None, typer.Option(help="Plan inference instead of training, with the LLM's weights in bf16, int8 or int4 (as `--quantize` loads them).")] = None,
+    context: Annotated[int, typer.Option(help="--quantize: tokens per sequence in the KV cache.")] = 16384,
+    batch: Annotated[int, typer.Option(help="--quantize: sequences decoded together.")] = 1,
 ) -> None:
-    """Memory per GPU (weights, gradients, optimiser, activations) for a preset, policy and layout; does it fit?"""
+    """Memory per GPU (weights, gradients, optimiser, activations) for a preset, policy and layout; does it fit?
+    With --quantize: inference memory (weights, KV cache, vision activations) and which common GPUs hold it."""
     from r1v.model.plan import PlanRequest, plan_memory, render_plan
 
+    if quantize is not None:
+        from r1v.model.plan import InferenceRequest, plan_inference, render_inference
+
+        try:
+            inference = plan_inference(InferenceRequest(preset=preset, quantize=quantize,  # type: ignore[arg-type]
+                                                        context=context, batch=batch, tiles_per_sample=tiles))
+        except R1VError as e:
+            _fail(e)
+        if as_json:
+            typer.echo(json.dumps(inference.to_dict(), indent=2))
+        else:
+            render_inference(inference)
+        return
     try:
         report = plan_memory(PlanRequest(
             preset=preset, gpus=gpus, policy=policy, strategy=strategy, seq_len=seq_len, micro_batch=micro_batch,
