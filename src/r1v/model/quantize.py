@@ -136,7 +136,7 @@ def quantize_model(model: torch.nn.Module, mode: str, device: str | torch.device
     if any(p.is_meta for p in model.parameters()):
         raise ModelError("quantize: the model is on the meta device (shapes only); build it on cpu")
     inner = getattr(model, "model", None)
-    lm = getattr(inner, "language_model", None) or inner
+    lm = inner.language_model if hasattr(inner, "language_model") else inner
     if lm is None or not hasattr(model, "get_output_embeddings"):
         raise ModelError(f"quantize: {type(model).__name__} has no language model body")
     make = _int8_linear if mode == "int8" else _int4_linear
