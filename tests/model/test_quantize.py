@@ -163,3 +163,19 @@ def test_smol_quantised_memory_and_answers(mode: str, ratio: float) -> None:
     a = TransformersEngine(ref).generate(s, GREEDY)[0][0]
     b = TransformersEngine(vlm).generate(s, GREEDY)[0][0]
     assert "Paris" in a.text and b.token_ids[:4] == a.token_ids[:4]
+
+
+def test_serve_loads_the_model_quantised(monkeypatch) -> None:
+    """`r1v serve --quantize int4`: the app the server starts answers with the quantised model."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.setdefault("app", app))
+    res = CliRunner().invoke(app, ["serve", "--model", "tiny", "--quantize", "int4", "--port", "8765"])
+    assert res.exit_code == 0, res.output
+    with TestClient(started["app"]) as client:  # runs the app's start-up (its generation worker)
+        reply = client.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 4, "temperature": 0,
+                                                          "messages": [{"role": "user", "content": "Hi"}]})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["completion_tokens"] >= 1
