@@ -116,7 +116,9 @@ def compress(model: torch.nn.Module, kind: str):
 
 
 def export_compressed(src, out_dir: str | Path, kind: str = "int4", dtype: torch.dtype = torch.bfloat16) -> dict:
-    """`r1v convert SRC OUT --to compressed-tensors --type KIND`. Returns a summary (scheme, group size, counts)."""
+    """`r1v convert SRC OUT --to compressed-tensors --type KIND`. Returns a summary (scheme, group size, counts).
+
+    `src` is a folder or preset name, or a loaded `VLM`, which is converted (to `dtype`, compressed) in place."""
     from r1v.model.build import R1V_JSON, load_vlm, save_model
 
     if kind not in SCHEMES:
