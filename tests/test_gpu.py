@@ -269,3 +269,21 @@ def test_grpo_steps_on_gpu_end_to_end(tmp_path: Path) -> None:
     assert next(vlm.model.parameters()).device.type == DEVICE
     assert any(not torch.equal(before[n], p.detach().cpu()) for n, p in vlm.model.named_parameters())
     assert (out / "final" / "r1v.json").exists() and summary["reward_last"] == rows[-1]["reward"]
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantised_loading_on_the_device(mode: str) -> None:
+    """`--quantize` on a GPU: bitsandbytes quantises each layer as it moves to the device; the decode loop and
+    transformers' generate give the same greedy tokens there, as on the CPU."""
+    pytest.importorskip("bitsandbytes")
+    from r1v.model.build import load_vlm
+    from r1v.model.quantize import weight_bytes
+    from r1v.rollout.engine import SamplingParams, TransformersEngine
+
+    vlm = load_vlm("tiny", device=DEVICE, quantize=mode)
+    assert all(p.device.type == torch.device(DEVICE).type for p in vlm.model.parameters())
+    assert weight_bytes(vlm.model) < weight_bytes(load_vlm("tiny").model)
+    samples = [Sample.from_question("a", "What colour is the sky?")]
+    p = SamplingParams(max_new_tokens=8, temperature=0.0, repetition_penalty=1.0, think=False)
+    ours = TransformersEngine(vlm).generate(samples, p)[0][0].token_ids
+    assert ours == TransformersEngine(vlm, backend="hf").generate(samples, p)[0][0].token_ids and ours

@@ -68,12 +68,30 @@ def assemble(
 def convert(
     src: Annotated[Path, typer.Argument(help="Source checkpoint folder.")],
     dst: Annotated[Path, typer.Argument(help="Destination folder.")],
-    to: Annotated[str, typer.Option(help="Target layout: 'hf' (transformers InternVL) or 'released' (Skywork/InternVL remote-code).")] = "hf",
+    to: Annotated[str, typer.Option(help="Target: 'hf' (transformers InternVL), 'released' (Skywork/InternVL remote-code), "
+                                    "'gguf' (llama.cpp: LLM file + mmproj file) or 'compressed-tensors' (vLLM, quantised).")] = "hf",
+    type_: Annotated[str | None, typer.Option("--type", help="gguf: f16 (default), q8_0 or q4_0; compressed-tensors: int8 or int4 (default).")] = None,
 ) -> None:
-    """Convert between the released remote-code layout and the transformers layout."""
-    from r1v.model.released import convert as _convert
-
+    """Convert between layouts, or export for llama.cpp (GGUF) and vLLM (compressed-tensors int8/int4)."""
     try:
+        if to == "gguf":
+            from r1v.export.gguf import export_gguf
+
+            report = export_gguf(src, dst, type_ or "f16")
+            typer.echo(f"wrote {report['llm']} and {report['mmproj']}")
+            for note in report["notes"]:
+                typer.echo(f"note: {note}")
+            return
+        if to == "compressed-tensors":
+            from r1v.export.compressed import export_compressed
+
+            report = export_compressed(src, dst, type_ or "int4")
+            typer.echo(f"wrote {dst} (compressed-tensors {report['scheme']}: {report['quantized_linears']} linears)")
+            return
+        if type_ is not None:
+            raise R1VError(f"--type is for --to gguf or compressed-tensors, not --to {to}")
+        from r1v.model.released import convert as _convert
+
         _convert(src, dst, to=to)
     except R1VError as e:
         _fail(e)
@@ -150,9 +168,26 @@ def plan(
     beta: Annotated[float, typer.Option(help="grpo: KL coefficient (> 0 loads the frozen reference).")] = 0.0,
     recommend: Annotated[bool, typer.Option("--recommend", help="grpo: try every layout and pick one.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    quantize: Annotated[str | None, typer.Option(help="Plan inference instead of training, with the LLM's weights in bf16, int8 or int4 (as `--quantize` loads them).")] = None,
+    context: Annotated[int, typer.Option(help="--quantize: tokens per sequence in the KV cache.")] = 16384,
+    batch: Annotated[int, typer.Option(help="--quantize: sequences decoded together.")] = 1,
 ) -> None:
     """Memory per GPU (weights, gradients, optimiser, activations; for GRPO also the reference and the rollout
-    engine's weights and KV cache) for a preset, policy and layout; does it fit?"""
+    engine's weights and KV cache) for a preset, policy and layout; does it fit? With --quantize: inference
+    memory (weights, KV cache, vision activations) and which common GPUs hold it."""
+    if quantize is not None:
+        from r1v.model.plan import InferenceRequest, plan_inference, render_inference
+
+        try:
+            inference = plan_inference(InferenceRequest(preset=preset, quantize=quantize,  # type: ignore[arg-type]
+                                                        context=context, batch=batch, tiles_per_sample=tiles))
+        except R1VError as e:
+            _fail(e)
+        if as_json:
+            typer.echo(json.dumps(inference.to_dict(), indent=2))
+        else:
+            render_inference(inference)
+        return
     try:
         if stage == "grpo":
             _plan_grpo(locals())
@@ -219,12 +254,15 @@ def chat(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     agent: Annotated[bool, typer.Option("--agent", help="Run the agent loop with tools (code sandbox), greedy.")] = False,
     max_turns: Annotated[int, typer.Option(help="Agent mode: model turns before the episode is stopped.")] = 4,
+    quantize: Annotated[str | None, typer.Option(help="Quantise the LLM's weights for inference: int8 or int4 (bitsandbytes; the vision tower and connector stay full precision).")] = None,
 ) -> None:
     """Ask a model about images; streams the thinking and the answer separately."""
     from r1v.serve.chat import run_chat
 
     try:
         if agent:
+            if quantize is not None:
+                raise R1VError("--quantize is not available with --agent")
             from r1v.recipes.agent_sft import agent_chat
 
             agent_chat(model=model, question=question, images=list(image or []), max_turns=max_turns,
@@ -232,7 +270,7 @@ def chat(
             return
         run_chat(model=model, question=question, images=list(image or []), max_think_tokens=max_think_tokens,
                  think=not no_think, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                 repetition_penalty=repetition_penalty, seed=seed)
+                 repetition_penalty=repetition_penalty, seed=seed, quantize=quantize)
     except R1VError as e:
         _fail(e)
 
@@ -254,6 +292,7 @@ def serve(
     cors_origin: Annotated[list[str] | None, typer.Option(help="Allow this browser origin (repeatable; default none).")] = None,
     tensor_parallel_size: Annotated[int, typer.Option(help="--engine vllm: GPUs per model.")] = 1,
     device: Annotated[str, typer.Option(help="Torch device for --engine transformers.")] = "cpu",
+    quantize: Annotated[str | None, typer.Option(help="Quantise the LLM's weights for inference: int8 or int4 (bitsandbytes; the vision tower and connector stay full precision).")] = None,
 ) -> None:
     """Serve a model with an OpenAI-compatible API (/v1/chat/completions) and a web chat page (/)."""
     from r1v.serve.app import ServeSettings
@@ -265,7 +304,7 @@ def serve(
                              allow_file_dir=allow_file_dir, cors_origins=[o for o in (cors_origin or []) if o])
     try:
         run_server(model=model, host=host, port=port, api_key=api_key, engine=engine, settings=settings,
-                   device=device, tensor_parallel_size=tensor_parallel_size)
+                   device=device, tensor_parallel_size=tensor_parallel_size, quantize=quantize)
     except R1VError as e:
         _fail(e)
 
@@ -293,6 +332,7 @@ def eval_(
     agent: Annotated[bool, typer.Option("--agent", help="Answer with the agent loop and tools (benchmark 'zoom' "
                                         "with --data N: the held-out zoom task).")] = False,
     max_turns: Annotated[int, typer.Option(help="Agent mode: model turns per episode.")] = 4,
+    quantize: Annotated[str | None, typer.Option(help="Quantise the LLM's weights for inference: int8 or int4 (bitsandbytes; the vision tower and connector stay full precision).")] = None,
 ) -> None:
     """Generate answers for a benchmark and score them with its own rule (resumable)."""
     from r1v.eval.report import markdown
@@ -301,6 +341,8 @@ def eval_(
     if agent:
         from r1v.recipes.agent_sft import agent_eval
 
+        if quantize is not None:
+            _fail(R1VError("--quantize is not available with --agent"))
         try:
             agent_eval(model=model, benchmark=benchmark, data=data, out=out, limit=limit, max_turns=max_turns,
                        max_new_tokens=min(max_new_tokens, 512), max_tiles=max_tiles, batch_size=batch_size)
@@ -311,7 +353,8 @@ def eval_(
                      limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
                      max_think_tokens=max_think_tokens, max_tiles=max_tiles, think=not no_think,
                      temperature=temperature, top_p=top_p,
-                     repetition_penalty=repetition_penalty, seed=seed, judge_url=judge_url, judge_model=judge_model)
+                     repetition_penalty=repetition_penalty, seed=seed, judge_url=judge_url, judge_model=judge_model,
+                     quantize=quantize)
     try:
         summary = evaluate(cfg)
     except R1VError as e:

@@ -881,7 +881,7 @@ def _(d, p):
     return ["serve", "--model", "tiny", "--allow-file-dir", str(d / "nowhere"), "--port", "1"]
 
 
-@case("convert-unknown-layout", "config", r"--to must be 'hf' or 'released', got 'onnx'")
+@case("convert-unknown-layout", "config", r"--to must be 'hf', 'released', 'gguf' or 'compressed-tensors', got 'onnx'")
 def _(d, p):
     return ["convert", str(p.model), str(d / "out"), "--to", "onnx"]
 

@@ -76,3 +76,59 @@ def test_cli_json_and_table() -> None:
     assert res.exit_code == 0 and "does not fit" in res.output
     res = runner.invoke(app, ["plan", "--policy", "bogus"])
     assert res.exit_code == 2 and "bogus" in res.output
+
+
+# ---------------------------------------------------------------------------------------------- inference
+
+def test_inference_weights_per_mode(shapes) -> None:
+    from r1v.model.plan import InferenceRequest, estimate_inference, inference_weight_bytes
+
+    bf16 = inference_weight_bytes(shapes, "bf16")
+    assert sum(bf16.values()) == 2 * shapes.params["total"]
+    assert round(sum(bf16.values()) / GIB, 1) == 71.5  # the 38B presets' bf16 weights
+    int8, int4 = inference_weight_bytes(shapes, "int8"), inference_weight_bytes(shapes, "int4")
+    assert int8["weights_vision"] == int4["weights_vision"] == bf16["weights_vision"]  # tower + connector bf16
+    # the LLM: ~1 byte per parameter in int8 (plus row scales), ~0.5 + 4/64 in int4 with an int8 head/embedding
+    llm = shapes.params["llm"]
+    assert 1.0 < int8["weights_llm"] / llm < 1.001
+    embed_head = 2 * 152064 * 5120
+    assert int4["weights_llm"] == pytest.approx((llm - embed_head) * (0.5 + 4 / 64) + embed_head, rel=1e-3)
+    plans = {m: estimate_inference(shapes, InferenceRequest(quantize=m)) for m in ("bf16", "int8", "int4")}
+    assert plans["bf16"].bf16_weights == plans["int4"].bf16_weights == sum(bf16.values())
+    assert plans["bf16"].bytes["total"] > plans["int8"].bytes["total"] > plans["int4"].bytes["total"]
+
+
+def test_kv_cache_and_gpu_fit(shapes) -> None:
+    from r1v.model.plan import InferenceRequest, estimate_inference
+
+    p = estimate_inference(shapes, InferenceRequest(quantize="int4", context=16384))
+    assert p.bytes["kv_cache"] == 2 * 64 * 1024 * 16384 * 2  # K and V, 64 layers, 8 kv heads x 128, bf16
+    assert p.bytes["kv_cache"] == 4 * GIB
+    long = estimate_inference(shapes, InferenceRequest(quantize="int4", context=65536, batch=2))
+    assert long.bytes["kv_cache"] == 8 * p.bytes["kv_cache"]
+    # int4 38B: 28 GiB of weights (the 11 GB vision tower stays bf16): one 48/80 GB GPU, two 24 GB ones
+    assert p.gpus_needed == {24: 2, 48: 1, 80: 1}
+    bf16 = estimate_inference(shapes, InferenceRequest(quantize="bf16"))
+    assert bf16.gpus_needed[48] == 2 and bf16.gpus_needed[24] >= 4
+    # more GPUs are never needed for a shorter context
+    short = estimate_inference(shapes, InferenceRequest(quantize="bf16", context=1024))
+    assert all(short.gpus_needed[g] <= bf16.gpus_needed[g] for g in (24, 48, 80))
+
+
+def test_inference_request_errors_and_cli(shapes) -> None:
+    from r1v.model.plan import InferenceRequest, estimate_inference
+
+    with pytest.raises(ConfigError, match="quantize"):
+        estimate_inference(shapes, InferenceRequest(quantize="int2"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="context"):
+        estimate_inference(shapes, InferenceRequest(context=0))
+    runner = CliRunner()
+    res = runner.invoke(app, ["plan", "--preset", "r1v2-38b", "--quantize", "int8", "--context", "8192", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["request"]["quantize"] == "int8" and data["bf16_weights_gib"] == 71.51
+    assert data["gib"]["kv_cache"] == 2.0 and set(data["gpus_needed"]) == {"24", "48", "80"}
+    res = runner.invoke(app, ["plan", "--quantize", "int4"])
+    assert res.exit_code == 0 and "48 GB GPUs: fits one" in res.output
+    res = runner.invoke(app, ["plan", "--quantize", "fp8"])
+    assert res.exit_code == 2 and "fp8" in res.output

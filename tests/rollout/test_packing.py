@@ -31,3 +31,18 @@ def test_linear_packs_when_it_can_and_falls_back_to_f_linear() -> None:
     for batch in (3, None):
         assert_close_scaled(linear(w, b, batch)(x), want)
     torch.testing.assert_close(linear(w.double(), None, 3)(x.double()), x.double() @ w.double().T)
+
+
+class _Wrapped(torch.Tensor):
+    """A tensor subclass that reports float32, like a quantised weight (torchao's subclasses do)."""
+
+
+def test_a_tensor_subclass_is_not_packed() -> None:
+    w = torch.randn(4, 8)
+    assert can_pack(torch.nn.Parameter(w)) == can_pack(w)
+    sub = torch.Tensor._make_subclass(_Wrapped, w)
+    assert sub.dtype == torch.float32 and not can_pack(sub)
+    net = torch.nn.Linear(8, 4)
+    net.weight = torch.nn.Parameter(torch.Tensor._make_subclass(_Wrapped, w), requires_grad=False)
+    with packed_linears([net], batch=2) as n:
+        assert n == 0

@@ -69,6 +69,8 @@ class EvalConfig:
     seed: int = 0
     judge_url: str | None = None
     judge_model: str | None = None
+    quantize: str | None = None
+    """Quantise the LLM's weights on load: 'int8' or 'int4' (`r1v.model.quantize`); None: as saved."""
 
     def validate(self) -> None:
         if self.runs < 1:
@@ -81,6 +83,8 @@ class EvalConfig:
             raise ConfigError("limit must be >= 1")
         if self.max_tiles is not None and self.max_tiles < 1:
             raise ConfigError("max_tiles must be >= 1")
+        if self.quantize not in (None, "int8", "int4"):
+            raise ConfigError(f"quantize must be 'int8' or 'int4', got {self.quantize!r}")
 
 
 # ------------------------------------------------------------------------------------- output files
@@ -297,7 +301,7 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
         from r1v.rollout.engine import TransformersEngine
 
         with console.status(f"loading {cfg.model} ..."):
-            vlm = load_vlm(cfg.model)
+            vlm = load_vlm(cfg.model, quantize=cfg.quantize)
         if cfg.max_tiles is not None:
             vlm.spec = replace(vlm.spec, max_tiles=cfg.max_tiles, min_tiles=min(vlm.spec.min_tiles, cfg.max_tiles))
         engine = TransformersEngine(vlm)
@@ -345,7 +349,8 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
         "settings": {"max_new_tokens": cfg.max_new_tokens, "max_think_tokens": cfg.max_think_tokens,
                      "max_tiles": cfg.max_tiles,
                      "temperature": cfg.temperature, "top_p": cfg.top_p,
-                     "repetition_penalty": cfg.repetition_penalty, "think": cfg.think, "seed": cfg.seed},
+                     "repetition_penalty": cfg.repetition_penalty, "think": cfg.think, "seed": cfg.seed,
+                     "quantize": cfg.quantize},
     }
     write_eval_report(summary, cfg.out)
     return summary

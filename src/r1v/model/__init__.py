@@ -1,5 +1,6 @@
 """Model: presets with the released shapes, assembly from parts, LLM swap, trainable-part policies,
-the released remote-code layout, and memory planning. Built on transformers' InternVL classes.
+the released remote-code layout, quantised loading, and memory planning (training and inference). Built on
+transformers' InternVL classes.
 
 - `build.py`: `VLM`, `build_preset`, `load_vlm`, `save_model`, `assemble`, `swap_llm`, `set_ps_version`.
 - `presets.py`: `r1v-38b`, `r1v2-38b`, `r1v3-38b` (meta-buildable shapes), `tiny`, `smol`.
@@ -7,4 +8,5 @@ the released remote-code layout, and memory planning. Built on transformers' Int
 - `parts.py`: `POLICIES`, `apply_policy`, `part_of`, `count_params`, `apply_lora`.
 - `inspect.py`: `inspect_target`, `render_inspect` (`r1v inspect`).
 - `tokens.py`: the tiny offline tokenizer and `add_image_tokens`.
+- `quantize.py`: `--quantize int8|int4` (bitsandbytes) for inference: `quantize_vlm`, `weight_bytes`.
 """

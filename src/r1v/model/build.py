@@ -282,8 +282,18 @@ def guess_template(tokenizer: PreTrainedTokenizerBase | None) -> str:
     return "chatml"
 
 
-def load_vlm(target: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None) -> VLM:
-    """Load a preset name or a model folder (ours, plain transformers InternVL, or released layout)."""
+def load_vlm(target: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None,
+             quantize: str | None = None) -> VLM:
+    """Load a preset name or a model folder (ours, plain transformers InternVL, or released layout).
+
+    `quantize` ('int8' | 'int4'): the LLM's weights quantised for inference (`r1v.model.quantize`); the model
+    is read on the CPU and moved to `device` layer by layer as it is quantised.
+    """
+    if quantize is not None:
+        from r1v.model.quantize import check_mode, quantize_vlm
+
+        check_mode(quantize)
+        return quantize_vlm(load_vlm(target, dtype=dtype), quantize, device)
     path = Path(target)
     if not path.exists():
         if str(target) not in PRESETS:
@@ -334,6 +344,9 @@ def save_model(vlm: VLM, out_dir: str | Path, *, max_shard_size: str = "5GB") ->
                          " (merge LoRA adapters first with merge_and_unload())")
     if any(p.is_meta for p in model.parameters()):
         raise ModelError(f"save_model: {vlm.name} is on the meta device (shapes only); build it on cpu")
+    if "quantize" in vlm.provenance:
+        raise ModelError(f"save_model: {vlm.name} was quantised for inference ({vlm.provenance['quantize']['mode']}); "
+                         "save the full-precision model, or export it with `r1v convert --to gguf|compressed-tensors`")
     meta = {"format": "r1v/1", "name": vlm.name, "spec": vlm.spec.to_dict(), "provenance": vlm.provenance}
     if vlm.spec.ps_version == "v1":
         meta["note"] = ("ps_version v1: plain transformers applies v2 pixel shuffle to this folder; "

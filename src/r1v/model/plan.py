@@ -278,3 +278,139 @@ def render_plan(plan: Plan) -> None:
         console.print(f"CPU RAM for offloaded optimiser state: {plan.cpu_bytes_per_gpu / GIB:,.1f} GiB per GPU")
     for note in plan.notes:
         console.print(f"note: {note}")
+
+
+# ---------------------------------------------------------------------------------------------- inference
+
+#: common GPU memory sizes: a "24 GB" RTX 4090 has 24 GiB, "48 GB" L40S/A6000 48 GiB, "80 GB" A100/H100 80 GiB
+COMMON_GPUS_GB = (24, 48, 80)
+WEIGHT_MODES = ("bf16", "int8", "int4")
+INT4_BLOCK = 64  # NF4 block (r1v.model.quantize.INT4_BLOCKSIZE), one float32 absmax each
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """Memory to serve a preset with `r1v chat/eval/serve --quantize MODE` (bf16 = unquantised)."""
+
+    preset: str = "r1v-38b"
+    quantize: Literal["bf16", "int8", "int4"] = "bf16"
+    context: int = 16384
+    """Tokens per sequence held in the KV cache (prompt, image tokens and generated tokens)."""
+    batch: int = 1
+    """Sequences decoded together (each with its own KV cache)."""
+    tiles_per_sample: int = 13
+    prefill_chunk: int = 2048
+    """Prompt tokens run through the LLM at once (vLLM's chunked prefill; transformers runs the whole prompt)."""
+
+    def validate(self) -> None:
+        if self.quantize not in WEIGHT_MODES:
+            raise ConfigError(f"quantize: {self.quantize!r} is not one of {', '.join(WEIGHT_MODES)}")
+        for name in ("context", "batch", "prefill_chunk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.tiles_per_sample < 0:
+            raise ConfigError("tiles_per_sample must be >= 0")
+
+
+@dataclass
+class InferencePlan:
+    request: InferenceRequest
+    params: dict[str, int]
+    bytes: dict[str, int]  # by item, and "total" (one GPU holding everything)
+    bf16_weights: int
+    gpus_needed: dict[int, int | None]  # GPU size in GB -> fewest GPUs (tensor parallel), None above 8
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["gib"] = {k: round(v / GIB, 2) for k, v in self.bytes.items()}
+        out["bf16_weights_gib"] = round(self.bf16_weights / GIB, 2)
+        return out
+
+
+def inference_weight_bytes(shapes: Shapes, mode: str) -> dict[str, int]:
+    """Weight bytes by part under r1v's quantised loading (`r1v.model.quantize`, bitsandbytes):
+
+    - bf16: 2 bytes per parameter.
+    - int8: the LLM layers' linears 1 byte per weight + a float32 scale per output row; the embedding and LM
+      head the same (1 byte + a scale per vocabulary row).
+    - int4: the layers' linears 0.5 byte per weight + a float32 absmax per 64 weights; embedding and head int8.
+    - the vision tower and the connector stay bf16 in every mode; norms and biases stay bf16 (counted with
+      their layer's weights at the layer's rate, a rounding error of < 0.01%).
+    """
+    h, kv, i = shapes.llm_hidden, shapes.llm_kv, shapes.llm_intermediate
+    layer_linears = shapes.llm_layers * shapes.llm_layer_params
+    layer_rows = shapes.llm_layers * (3 * h + 2 * kv + 2 * i)  # q, o, down: h rows; k, v: kv; gate, up: i
+    embed_head = shapes.params["llm"] - layer_linears - h  # the final norm aside; tied = one matrix
+    vocab_rows = embed_head // h
+    vision = 2 * (shapes.params["vision"] + shapes.params["connector"])
+    if mode == "bf16":
+        llm = 2 * shapes.params["llm"]
+    elif mode == "int8":
+        llm = layer_linears + 4 * layer_rows + embed_head + 4 * vocab_rows + 2 * h
+    elif mode == "int4":
+        llm = layer_linears // 2 + 4 * (layer_linears // INT4_BLOCK) + embed_head + 4 * vocab_rows + 2 * h
+    else:
+        raise ConfigError(f"quantize: {mode!r} is not one of {', '.join(WEIGHT_MODES)}")
+    return {"weights_llm": llm, "weights_vision": vision}
+
+
+def estimate_inference(shapes: Shapes, req: InferenceRequest) -> InferencePlan:
+    """Inference memory of `req` (see `inference_weight_bytes`), plus:
+
+    - KV cache: 2 (keys, values) x layers x kv width x context x batch x 2 bytes (bf16).
+    - vision activations: the tower runs one layer at a time, forward only: tiles x (patches + 1) x
+      (11 h_v + 2 i_v) x 2 bytes per sample in the batch (the training plan's frozen-tower term).
+    - LLM activations: one layer's activations for a prefill chunk, prefill_chunk x (6h + 2h_kv + 4i) x 2
+      bytes, plus float32 logits of the last position, batch x vocab x 4.
+    - the 2 GiB reserve (CUDA context, allocator).
+    GPUs needed: with tensor parallelism over n GPUs the weights and the KV cache are split n ways, the
+    activations and the reserve are not; the fewest n in 1, 2, 4, 8 whose per-GPU total fits.
+    """
+    req.validate()
+    per = inference_weight_bytes(shapes, req.quantize)
+    per["kv_cache"] = 2 * shapes.llm_layers * shapes.llm_kv * req.context * req.batch * 2
+    k_vit = 11 * shapes.vit_hidden + 2 * shapes.vit_intermediate
+    per["activations_vision"] = 2 * req.batch * req.tiles_per_sample * shapes.vit_tokens_per_tile * k_vit
+    k_llm = 6 * shapes.llm_hidden + 2 * shapes.llm_kv + 4 * shapes.llm_intermediate
+    chunk = min(req.prefill_chunk, req.context)
+    per["activations_llm"] = 2 * chunk * k_llm + 4 * req.batch * shapes.vocab
+    per["reserve"] = RESERVE_BYTES
+    per["total"] = sum(per.values())
+    split = per["weights_llm"] + per["weights_vision"] + per["kv_cache"]
+    fixed = per["total"] - split
+    needed: dict[int, int | None] = {}
+    for size in COMMON_GPUS_GB:
+        needed[size] = next((n for n in (1, 2, 4, 8) if split / n + fixed <= size * GIB), None)
+    bf16 = sum(inference_weight_bytes(shapes, "bf16").values())
+    return InferencePlan(request=req, params=dict(shapes.params), bytes=per, bf16_weights=bf16,
+                         gpus_needed=needed)
+
+
+def plan_inference(req: InferenceRequest) -> InferencePlan:
+    """Build the preset's shapes on the meta device and estimate its inference memory."""
+    req.validate()
+    return estimate_inference(shapes_of(req.preset), req)
+
+
+def render_inference(plan: InferencePlan) -> None:
+    """A rich table of the inference estimate and the GPUs that hold it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    r = plan.request
+    table = Table(title=f"{r.preset} | inference, weights {r.quantize}",
+                  caption=f"context {r.context} x batch {r.batch}, {r.tiles_per_sample} tiles, "
+                          f"prefill chunk {r.prefill_chunk}")
+    table.add_column("one GPU")
+    table.add_column("GiB", justify="right")
+    for key, value in plan.bytes.items():
+        table.add_row(key, f"{value / GIB:,.2f}", style="bold" if key == "total" else None)
+    console = Console()
+    console.print(table)
+    weights = plan.bytes["weights_llm"] + plan.bytes["weights_vision"]
+    console.print(f"weights {weights / GIB:,.1f} GiB ({weights / plan.bf16_weights:.2f}x bf16's "
+                  f"{plan.bf16_weights / GIB:,.1f} GiB); the vision tower and connector stay bf16")
+    for size, n in plan.gpus_needed.items():
+        verdict = ("[red]not with 8 or fewer[/red]" if n is None else
+                   "[green]fits one[/green]" if n == 1 else f"[yellow]{n} GPUs (tensor parallel)[/yellow]")
+        console.print(f"{size} GB GPUs: {verdict}")

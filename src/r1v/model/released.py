@@ -420,7 +420,7 @@ def convert(src: str | Path, dst: str | Path, to: str = "hf", max_shard_bytes: i
     from r1v.model.build import load_vlm, save_model
 
     if to not in ("hf", "released"):
-        raise ModelError(f"--to must be 'hf' or 'released', got {to!r}")
+        raise ModelError(f"--to must be 'hf', 'released', 'gguf' or 'compressed-tensors', got {to!r}")
     vlm = load_vlm(src)
     if to == "released":
         return export_released(vlm, dst, max_shard_bytes)

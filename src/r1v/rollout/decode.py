@@ -135,6 +135,15 @@ def _check_supported(lm: torch.nn.Module) -> tuple[int, int, int]:
     return cfg.num_hidden_layers, kv_heads, head_dim
 
 
+def _hidden_dtype(lm: torch.nn.Module, head: torch.nn.Module) -> torch.dtype:
+    """The dtype the hidden states (and so the KV cache and masks) are in: the embedding's, else the head's
+    (a quantised layer may store its weight as int8/uint8)."""
+    for weight in (lm.get_input_embeddings().weight, head.weight):
+        if weight.dtype.is_floating_point:
+            return weight.dtype
+    return torch.get_default_dtype()
+
+
 def _cache_kwarg(lm: torch.nn.Module) -> str:
     """The forward's name for the cache: `cache` in recent transformers, `past_key_values` before."""
     params = inspect.signature(lm.forward).parameters
@@ -213,7 +222,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     lm, head, mm = model_parts(model)
     layers, kv_heads, head_dim = _check_supported(lm)
     device = input_ids.device
-    dtype = head.weight.dtype
+    dtype = _hidden_dtype(lm, head)
     b, p = input_ids.shape
     if row_keys is not None and len(row_keys) != b:
         raise ValueError(f"decode: {len(row_keys)} row keys for {b} rows")

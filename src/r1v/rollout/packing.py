@@ -22,9 +22,10 @@ __all__ = ["can_pack", "linear", "packed_linears"]
 
 
 def can_pack(weight: torch.Tensor) -> bool:
-    """MKL weight packing applies: a float32 CPU weight in a torch build with MKL's packed GEMM."""
-    return (weight.dtype == torch.float32 and weight.device.type == "cpu" and torch._C.has_mkl
-            and hasattr(torch.ops.mkl, "_mkl_linear"))
+    """MKL weight packing applies: a plain float32 CPU weight (not a quantised tensor subclass that reports
+    float32) in a torch build with MKL's packed GEMM."""
+    return (type(weight.detach()) is torch.Tensor and weight.dtype == torch.float32
+            and weight.device.type == "cpu" and torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear"))
 
 
 def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, packed: torch.Tensor, batch: int,

@@ -15,8 +15,10 @@ from r1v.serve.app import ServeSettings, create_app
 
 def run_server(*, model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                engine: str = "transformers", settings: ServeSettings | None = None, device: str = "cpu",
-               tensor_parallel_size: int = 1, served_model_name: str | None = None, log_level: str = "info") -> None:
-    """Serve `model` until interrupted. The API key falls back to `R1V_API_KEY`."""
+               tensor_parallel_size: int = 1, served_model_name: str | None = None, log_level: str = "info",
+               quantize: str | None = None) -> None:
+    """Serve `model` until interrupted. The API key falls back to `R1V_API_KEY`. `quantize` (int8/int4, engine
+    transformers): the LLM's weights quantised on load (`r1v.model.quantize`)."""
     api_key = api_key or os.environ.get("R1V_API_KEY") or None
     settings = settings or ServeSettings()
     settings.api_key = api_key
@@ -25,6 +27,9 @@ def run_server(*, model: str, host: str = "127.0.0.1", port: int = 8000, api_key
         raise ConfigError(f"--allow-file-dir {settings.allow_file_dir}: not a folder")
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {host} without an API key; anyone who can reach the port can use it")
+    if engine == "vllm" and quantize is not None:
+        raise ConfigError("--quantize is for --engine transformers; vLLM serves a quantised checkpoint folder: "
+                          "export one with `r1v convert DIR OUT --to compressed-tensors --type int8|int4` and serve OUT")
     if engine == "vllm":
         from r1v.serve.vllm_serve import exec_vllm, vllm_command
 
@@ -40,7 +45,7 @@ def run_server(*, model: str, host: str = "127.0.0.1", port: int = 8000, api_key
     from r1v.model.build import load_vlm
     from r1v.rollout.engine import TransformersEngine
 
-    vlm = load_vlm(model, device=device)
+    vlm = load_vlm(model, device=device, quantize=quantize)
     app = create_app(TransformersEngine(vlm), settings)
     print(f"r1v serve: {settings.model_name} on http://{host}:{port} (chat page at /, API at /v1)")
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
