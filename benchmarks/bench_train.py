@@ -222,10 +222,11 @@ def child_vlm(args: argparse.Namespace) -> dict[str, Any]:
     """Train the smol VLM with `args.child` = vlm-<policy> on rendered `<think>` tasks in this process."""
     import warnings
 
+    from r1v.data.demo_tasks import synthetic_rows
     from r1v.model.build import build_preset
     from r1v.model.parts import apply_policy, count_params
     from r1v.processing.processor import Processor
-    from r1v.recipes.common import BadSamples, encode_rows, synthetic_rows
+    from r1v.recipes.common import BadSamples, encode_rows
 
     policy = args.child.removeprefix("vlm-")
     with warnings.catch_warnings():

@@ -35,8 +35,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from r1v.data.benchmarks import with_prompt
-from r1v.data.schema import Message, Sample
+from r1v.data.demo_tasks import synthetic_rows
+from r1v.data.schema import Row, Sample
 from r1v.data.sources import atomic_write_text, iter_records, record_to_sample
 from r1v.errors import ConfigError, DataError, ImageError, R1VError
 from r1v.model.build import VLM, load_vlm, save_model
@@ -97,36 +97,6 @@ def _reason(err: DataError) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- data
-
-@dataclass
-class Row:
-    """A sample and where it came from (file and line/record), for error messages."""
-
-    sample: Sample
-    source: str
-    record: int | str
-
-
-def think_target(sample: Sample) -> str:
-    """A short `<think>`-annotated answer for a rendered task (micro-scale SFT data)."""
-    question = sample.question.replace("<image>", "").strip().splitlines()[0]
-    return (f"<think>\nThe question is: {question} I look at the picture and work it out: "
-            f"the answer is {sample.answer}.\n</think>\n\n\\boxed{{{sample.answer}}}")
-
-
-def synthetic_rows(n: int, *, split: str = "train", seed: int = 0, image_size: int = 112,
-                   with_target: bool = True) -> list[Row]:
-    """`n` rendered tasks (r1v prompt), each with a `<think>` chain and boxed answer when `with_target`."""
-    from r1v.data.synthetic import generate_tasks
-
-    rows = []
-    for i, task in enumerate(generate_tasks(n, seed=seed, split=split, image_size=image_size)):
-        s = with_prompt(task, "r1v")
-        if with_target:
-            s = replace(s, messages=[*s.messages, Message("assistant", think_target(task))])
-        rows.append(Row(s, f"synthetic:{split}", i))
-    return rows
-
 
 def read_stage_data(spec: str | Path, *, image_root: Path | None = None, bad: BadSamples | None = None,
                     limit: int | None = None, with_target: bool = True, seed: int = 0) -> list[Row]:

@@ -256,7 +256,7 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if cfg.prepare.train or cfg.prepare.heldout or cfg.prepare.text:
-        from r1v.recipes.demo_data import write_prepared
+        from r1v.data.demo_tasks import write_prepared
 
         write_prepared(cfg.prepare, out / "data", seed=cfg.seed)
     eval_samples = held_out(cfg.eval, out / "data")
@@ -349,6 +349,7 @@ class ReasoningLLMConfig:
 
 def run_reasoning_llm(cfg: ReasoningLLMConfig, console: Console | None = None) -> dict:
     """Text-only SFT of the whole LLM; writes an LLM folder (`final/`) `swap_llm` accepts."""
+    from r1v.data.demo_tasks import text_rows
     from r1v.model.build import guess_template, load_llm
     from r1v.processing.processor import Processor
     from r1v.processing.spec import ProcessingSpec
@@ -360,7 +361,6 @@ def run_reasoning_llm(cfg: ReasoningLLMConfig, console: Console | None = None) -
         grouped_training_set,
         write_summary,
     )
-    from r1v.recipes.demo_data import text_rows
     from r1v.train import sft_objective, train
 
     console = console or Console()
