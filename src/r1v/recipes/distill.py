@@ -24,7 +24,7 @@ The whole algorithm, in order:
 
 The paper runs this before Stage 1 and before every iterative-SFT round; here one call is one round.
 Reading and checking prompts (`read_stage_data`, `check_prompts`, `BadSamples`) come from
-`r1v.recipes.common`; the generation helpers here are shared with `r1v.recipes.rejection_sample`.
+`r1v.data.stage_data`; the generation helpers here are shared with `r1v.recipes.rejection_sample`.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from r1v.algos.length import drlc_penalty, minmax_normalise
 from r1v.config import to_dict
 from r1v.data.schema import Message, Sample
 from r1v.data.sources import atomic_write_text, write_jsonl
+from r1v.data.stage_data import BadSamples, PromptStageConfig, check_prompts, read_prompts
 from r1v.errors import ConfigError, DataError, ImageError
-from r1v.recipes.common import BadSamples, PromptStageConfig, check_prompts, read_prompts
 from r1v.rewards.extract import extract_answer, last_boxed
 from r1v.rewards.rules import accuracy_many, columns_of, gold_letter, is_multiple_choice
 from r1v.rollout.engine import Completion, SamplingParams, split_completion

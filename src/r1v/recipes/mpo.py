@@ -47,19 +47,13 @@ from rich.console import Console
 from torch import nn
 
 from r1v.algos.losses import MPO_WEIGHTS, RunningMean, mpo_loss, selective_log_softmax
-from r1v.atomic import atomic_write_text
+from r1v.atomic import atomic_write_text, write_summary
 from r1v.config import to_dict
 from r1v.data.schema import PreferencePair
+from r1v.data.stage_data import BadSamplePolicy, BadSamples
 from r1v.errors import ConfigError, DataError, R1VError
-from r1v.recipes.common import (
-    BadSamplePolicy,
-    BadSamples,
-    apply_trainable,
-    export_fn,
-    print_table,
-    save_vlm,
-    write_summary,
-)
+from r1v.model.trainable import apply_trainable, export_fn, save_vlm
+from r1v.processing.processor import IGNORE_INDEX
 from r1v.recipes.mpo_pairs import (  # re-exported: the pair helpers' public home stays r1v.recipes.mpo
     PairRow,
     build_pairs,
@@ -71,7 +65,8 @@ from r1v.recipes.mpo_pairs import (  # re-exported: the pair helpers' public hom
     rule_verdicts,
     synthetic_pairs,
 )
-from r1v.rewards.reward_model import IGNORE_INDEX, with_answer
+from r1v.rewards.reward_model import with_answer
+from r1v.tables import print_table
 from r1v.train import LossOutput, Objective, TrainConfig, latest_checkpoint, train
 from r1v.train.loop import setup_accelerator
 from r1v.train.state import read_extra
@@ -350,9 +345,9 @@ def encode_pairs(processor: Any, rows: Sequence[PairRow], *, max_seq_len: int, t
 
 def run(cfg: MPOConfig, console: Console | None = None) -> dict:
     """Build or read pairs, precompute reference log-probs, train with the MPO loss; returns the summary."""
+    from r1v.data.stage_data import read_stage_data
     from r1v.model.build import load_vlm
     from r1v.processing.processor import Processor
-    from r1v.recipes.common import read_stage_data
 
     console = console or Console()
     out = cfg.train.out_dir

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from r1v.data.demo_tasks import think_target
 from r1v.data.schema import PreferencePair, Sample
 from r1v.data.sources import iter_records, record_to_sample, sample_to_record
+from r1v.data.stage_data import SYNTHETIC_RE, BadSamples
 from r1v.errors import DataError
-from r1v.recipes.common import SYNTHETIC_RE, BadSamples
 
 if TYPE_CHECKING:
     from r1v.recipes.mpo import MPOConfig
