@@ -6,15 +6,18 @@
 - `judge(vlm, samples)`: greedy answers verified against the gold answers (`Judged`); `heldout_accuracy`.
 - `rule_verdicts(samples, texts, truncated)`: per completion, correct / well-formed / hallucinated /
   truncated and the rule score `correct + well_formed - hallucinated` (MPO's pair judging).
+- `generate_pairs(vlm, samples, params, ...)`: sample, judge, score and pair completions (MPO's
+  `source: generate`; the pairing itself is `r1v.data.pairs.build_pairs`).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from r1v.data.schema import Sample
+from r1v.data.schema import PreferencePair, Sample
 from r1v.rollout.engine import Completion, SamplingParams
 
 
@@ -85,3 +88,48 @@ def heldout_accuracy(vlm: Any, samples: Sequence[Sample], *, max_new_tokens: int
                      ) -> float | None:
     """Greedy accuracy of `vlm` on `samples` (None when there are none)."""
     return judge(vlm, samples, max_new_tokens=max_new_tokens, batch_size=batch_size).accuracy if samples else None
+
+
+def rule_verdicts(samples: Sequence[Sample], texts: Sequence[str], truncated: Sequence[bool]) -> list[dict[str, Any]]:
+    """Per completion: correct, well_formed, hallucinated (None: unknown scene), truncated, rule score."""
+    from r1v.eval.hallucination import find_hallucinations
+    from r1v.rewards.extract import split_think
+    from r1v.rewards.rules import format_reward
+
+    answers = [split_think(t)[1] if "</think>" in t else t for t in texts]
+    out = []
+    for s, t, correct, tr in zip(samples, texts, correct_many(answers, samples), truncated, strict=True):
+        claims = find_hallucinations(s, t)
+        halluc = None if claims is None else bool(claims)
+        formed = format_reward(t, {})["format"] >= 1.0 and not tr
+        out.append({"correct": correct, "well_formed": formed, "hallucinated": halluc, "truncated": tr,
+                    "rule_score": float(correct) + float(formed) - float(bool(halluc))})
+    return out
+
+
+def generate_pairs(vlm: Any, samples: Sequence[Sample], params: SamplingParams, *, batch_size: int,
+                   margin_threshold: float, pairs_per_prompt: int, rm: Any = None,
+                   ) -> tuple[list[PreferencePair], dict[str, int]]:
+    """Sample `params.n` completions per prompt from `vlm`, judge them (`rule_verdicts`), score them (the
+    reward model `rm`, else the rule score) and pair them (`r1v.data.pairs.build_pairs`)."""
+    from r1v.data.pairs import build_pairs
+    from r1v.rewards.reward_model import as_assistant_turn
+
+    groups, truncs = [], []
+    for g in generate(vlm, samples, params, batch_size=batch_size):
+        groups.append([as_assistant_turn(c.text) for c in g])
+        truncs.append([c.finish_reason == "length" for c in g])
+    flat_s = [s for s, g in zip(samples, groups, strict=True) for _ in g]
+    flat_t = [t for g in groups for t in g]
+    flat_v = rule_verdicts(flat_s, flat_t, [x for g in truncs for x in g])
+    flat_sc = rm.score(flat_s, flat_t) if rm is not None else [v["rule_score"] for v in flat_v]
+    k = params.n
+    verdicts = [flat_v[i * k:(i + 1) * k] for i in range(len(samples))]
+    scores = [flat_sc[i * k:(i + 1) * k] for i in range(len(samples))]
+    counts: Counter[str] = Counter()
+    pairs = build_pairs(samples, groups, verdicts, scores, margin_threshold=margin_threshold,
+                        pairs_per_prompt=pairs_per_prompt, counts=counts)
+    counts["completions"] = len(flat_t)
+    counts["correct"] = sum(v["correct"] for v in flat_v)
+    counts["hallucinated"] = sum(bool(v["hallucinated"]) for v in flat_v)
+    return pairs, dict(counts)
