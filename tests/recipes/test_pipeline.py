@@ -11,7 +11,6 @@ from r1v.config import load_config
 from r1v.errors import ConfigError
 from r1v.recipes import load_stage_config
 from r1v.recipes.pipeline import PipelineConfig, deep_merge, run, scaled, step_config
-from r1v.recipes.pipeline_report import verdicts
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -50,15 +49,6 @@ def test_bad_hand_offs_and_stages_name_the_step() -> None:
         load_config(PipelineConfig, None, ["steps=[{name: a, stage: sft}, {name: a, stage: sft}]"])
     with pytest.raises(ConfigError, match=r"steps.a \(sft, scale=tiny\):train: lr: must be > 0"):  # a stage config error surfaces at load, not mid-run
         load_config(PipelineConfig, None, ["steps=[{name: a, stage: sft, tiny: {train: {lr: -1}}}]"])
-
-
-def test_verdicts_say_when_a_step_did_not_help() -> None:
-    rows = [{"name": "re-assembled", "stage": "align", "accuracy": 0.2},
-            {"name": "stage 1", "stage": "sft", "accuracy": 0.5},
-            {"name": "RL", "stage": "grpo", "accuracy": 0.4}]
-    text = " ".join(verdicts(rows))
-    assert "stage 1: helped" in text and "RL: did NOT help" in text
-    assert "Final vs stage-1 SFT: 0.400 vs 0.500 (NOT above)" in text
 
 
 def test_tiny_pipeline_end_to_end(tmp_path: Path) -> None:

@@ -247,8 +247,8 @@ def _lookup(summary: dict, key: str) -> Any:
 
 def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
     """Run every step in order, evaluate, and write the report; returns report.json's content."""
+    from r1v.eval.pipeline_report import evaluate_model, held_out, write_report
     from r1v.recipes import stage_module
-    from r1v.recipes.pipeline_report import evaluate_model, held_out, write_report
 
     console = console or Console()
     cfg = scaled(cfg)
