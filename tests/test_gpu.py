@@ -57,8 +57,9 @@ def tiny_vlm():
 
 def tiny_text():
     """The tiny random Qwen2 CausalLM with its byte-level tokenizer, wrapped as a `VLM` for the engine."""
-    from r1v.model.build import VLM, load_llm
+    from r1v.model.build import load_llm
     from r1v.model.presets import get_preset
+    from r1v.model.vlm import VLM
 
     llm, tok = _quiet(load_llm, "tiny")
     return VLM(llm, tok, get_preset("tiny").spec, "tiny-llm")
@@ -68,9 +69,9 @@ def tiny_llama():
     """A tiny random Llama CausalLM (SmolLM2's architecture family) with the byte-level tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from r1v.model.build import VLM
     from r1v.model.presets import get_preset
     from r1v.model.tokens import tiny_tokenizer
+    from r1v.model.vlm import VLM
 
     tok = tiny_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -90,7 +90,7 @@ def convert(
             return
         if type_ is not None:
             raise R1VError(f"--type is for --to gguf or compressed-tensors, not --to {to}")
-        from r1v.model.released import convert as _convert
+        from r1v.model.build import convert as _convert
 
         _convert(src, dst, to=to)
     except R1VError as e:

@@ -16,8 +16,9 @@ from pathlib import Path
 from torch import nn
 
 from r1v.errors import ConfigError
-from r1v.model.build import VLM, load_vlm, save_model
+from r1v.model.build import load_vlm, save_model
 from r1v.model.parts import POLICIES, apply_lora, apply_policy, count_params
+from r1v.model.vlm import VLM
 
 
 def apply_trainable(vlm: VLM, policy: str) -> dict[str, int]:

@@ -353,7 +353,8 @@ def run_reasoning_llm(cfg: ReasoningLLMConfig, console: Console | None = None) -
     from r1v.data.demo_tasks import text_rows
     from r1v.data.schema import Row
     from r1v.data.stage_data import BadSamples, encode_rows
-    from r1v.model.build import guess_template, load_llm
+    from r1v.model.build import load_llm
+    from r1v.model.vlm import guess_template
     from r1v.processing.processor import Processor
     from r1v.processing.spec import ProcessingSpec
     from r1v.train import sft_objective, train
