@@ -238,3 +238,47 @@ def test_a_full_disk_on_a_real_small_filesystem(tmp_path: Path) -> None:
         assert load_checkpoint(first, model=fresh, optimizer=opt2, scheduler=sched2).step == 1
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_stops_r1v_train_with_one_line_and_resume_finishes_the_run(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`r1v train sft` whose second save hits a full disk: exit 2, one `error:` line naming the checkpoint,
+    the first checkpoint kept; rerun with train.resume=true (disk freed) ends with the uninterrupted run's weights."""
+    from typer.testing import CliRunner
+
+    from r1v.cli import app
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    args = ["train", "sft", "--config", str(configs / "sft.yaml"), "data=synthetic:16", "eval_data=null",
+            "train.max_steps=4", "train.save_every=2", "train.micro_batch_size=2", "train.progress=false",
+            "train.plots=false", "train.report_to=[jsonl]", "train.device=cpu"]
+    whole = CliRunner().invoke(app, [*args, f"train.out_dir={tmp_path / 'whole'}"])
+    assert whole.exit_code == 0, whole.output
+    out = tmp_path / "full"
+    real_save = torch.save
+
+    def save(obj, f, *a, **k):
+        if "step-00000004" in str(f) and Path(f).name == "optimizer.pt":
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+        return real_save(obj, f, *a, **k)
+
+    import shutil
+
+    import r1v.train.state as state_mod
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", save)
+        m.setattr(state_mod.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 0))
+        failed = CliRunner().invoke(app, [*args, f"train.out_dir={out}"])
+    assert failed.exit_code == 2, failed.output
+    lines = [x for x in failed.stderr.splitlines() if x.startswith("error")]
+    assert failed.exception is None or isinstance(failed.exception, SystemExit)
+    assert len(lines) == 1 and "step-00000004" in lines[0] and "Traceback" not in failed.output, failed.stderr
+    assert "No space left on device" in lines[0] and "step-00000002" in lines[0]
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000002"]
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    resumed = CliRunner().invoke(app, [*args, f"train.out_dir={out}", "train.resume=true"])
+    assert resumed.exit_code == 0, resumed.output
+    a = load_file(str(next((tmp_path / "whole" / "final").rglob("*.safetensors"))))
+    b = load_file(str(next((out / "final").rglob("*.safetensors"))))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
