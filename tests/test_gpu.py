@@ -164,9 +164,10 @@ def _metrics(out: Path) -> list[dict]:
 
 
 def test_sft_bf16_on_gpu_lowers_the_loss_and_the_checkpoint_loads_on_cpu(tmp_path: Path) -> None:
+    from r1v.data.demo_tasks import synthetic_rows
     from r1v.model.build import load_vlm
+    from r1v.model.trainable import apply_trainable, export_fn
     from r1v.processing.processor import Processor
-    from r1v.recipes.common import apply_trainable, export_fn, synthetic_rows
     from r1v.train import TrainConfig, sft_objective, train
 
     vlm = tiny_vlm()
@@ -242,7 +243,7 @@ def lower_share(completion, columns):
 
 
 def test_grpo_steps_on_gpu_end_to_end(tmp_path: Path) -> None:
-    from r1v.recipes.common import apply_trainable
+    from r1v.model.trainable import apply_trainable
     from r1v.recipes.grpo import GRPOConfig, RewardItem, train_grpo
     from r1v.train import TrainConfig
 

@@ -21,7 +21,7 @@ from rich.console import Console
 from r1v.config import to_dict
 from r1v.data.schema import Sample
 from r1v.data.sources import atomic_write_text
-from r1v.recipes.common import read_stage_data
+from r1v.data.stage_data import read_stage_data
 
 TABLE_KEYS = ("accuracy", "think_tokens_mean", "hallucination_rate", "effective_ratio")
 

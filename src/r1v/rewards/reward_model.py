@@ -35,13 +35,13 @@ from torch import nn
 
 from r1v.data.schema import Message, Sample
 from r1v.errors import DataError, ModelError
+from r1v.processing.processor import IGNORE_INDEX
 
 HEAD_FILE = "reward_head.safetensors"
 META_FILE = "reward_model.json"
 FORMAT = "r1v-rm/1"
 THINK_OPEN = "<think>"
 THINK_PREFILL = "<think>\n"
-IGNORE_INDEX = -100
 
 
 def as_assistant_turn(completion: str) -> str:
