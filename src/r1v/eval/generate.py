@@ -1,8 +1,10 @@
 """Generate in batches, then verify: the one loop every quick evaluation and pair maker shares.
 
-- `generate(vlm, samples, params, batch_size=...)`: one list of `params.n` completions per sample, the
-  model in eval mode for the call (its training flag restored after), `batch_size` prompts per engine call.
+- `generate(model, samples, params, batch_size=...)`: one list of `params.n` completions per sample,
+  `batch_size` prompts per engine call (a model bundle in eval mode for the call; or any engine).
 - `correct_many(answers, samples)`: the rewards' answer extraction and verifiers, one bool per answer.
+- `verified(samples, completions)`, `assistant_turn(sample, completion)`: the generating stages' check of
+  a chain and the training turn it becomes.
 - `judge(vlm, samples)`: greedy answers verified against the gold answers (`Judged`); `heldout_accuracy`.
 - `rule_verdicts(samples, texts, truncated)`: per completion, correct / well-formed / hallucinated /
   truncated and the rule score `correct + well_formed - hallucinated` (MPO's pair judging).
@@ -20,24 +22,36 @@ from typing import Any
 from r1v.data.schema import PreferencePair, Sample
 from r1v.rollout.engine import Completion, SamplingParams
 
+BatchParams = Callable[[int, int, int], SamplingParams]
+"""`(batch index, start, stop) -> SamplingParams` for the samples `start:stop` (per-sample penalties, seeds)."""
 
-def generate(vlm: Any, samples: Sequence[Sample], params: SamplingParams, *, batch_size: int,
+
+def generate(model: Any, samples: Sequence[Sample], params: SamplingParams | BatchParams, *, batch_size: int,
              on_batch: Callable[[int], None] | None = None) -> list[list[Completion]]:
-    """`params.n` completions per sample from `vlm` (a model bundle), `batch_size` prompts per engine call;
-    `on_batch(done)` is told how many samples are done after each call."""
+    """`params.n` completions per sample, `batch_size` prompts per engine call.
+
+    `model`: a model bundle (a `TransformersEngine` is made for it, the model in eval mode for the call and
+    its training flag restored after) or any engine with `generate(samples, params)`. `params`: one
+    `SamplingParams` for every call, or a `BatchParams` building each call's. `on_batch(done)` is told how
+    many samples are done after each call."""
     from r1v.rollout.engine import TransformersEngine
 
-    engine = TransformersEngine(vlm)
+    is_engine = hasattr(model, "generate")
+    engine = model if is_engine else TransformersEngine(model)
     groups: list[list[Completion]] = []
-    was_training = vlm.model.training
-    vlm.model.eval()
+    was_training = None if is_engine else model.model.training
+    if not is_engine:
+        model.model.eval()
     try:
-        for start in range(0, len(samples), batch_size):
-            groups.extend(engine.generate(list(samples[start:start + batch_size]), params))
+        for b, start in enumerate(range(0, len(samples), batch_size)):
+            stop = min(start + batch_size, len(samples))
+            call = params if isinstance(params, SamplingParams) else params(b, start, stop)
+            groups.extend(engine.generate(list(samples[start:stop]), call))
             if on_batch is not None:
                 on_batch(len(groups))
     finally:
-        vlm.model.train(was_training)
+        if was_training is not None:
+            model.model.train(was_training)
     return groups
 
 
@@ -82,6 +96,27 @@ def judge(vlm: Any, samples: Sequence[Sample], *, max_new_tokens: int = 256, bat
         for i, ok in zip(gold, correct_many([answers[i] for i in gold], [samples[i] for i in gold]), strict=True):
             correct[i] = ok
     return Judged(correct, answers)
+
+
+def verified(samples: Sequence[Sample], completions: Sequence[Completion]) -> list[bool]:
+    """Is each completion's final answer (in its answer part) the sample's gold? (Chains without an answer
+    part are judged on their whole text; an empty answer never verifies.)"""
+    answers = [c.answer if c.think is not None else c.text for c in completions]
+    return [ok and bool(a.strip()) for ok, a in zip(correct_many(answers, samples), answers, strict=True)]
+
+
+def assistant_turn(sample: Sample, c: Completion) -> str:
+    """`<think>\\n{chain}\\n</think>\\n\\n{answer}`, with a `\\boxed{}` final answer added when missing."""
+    from r1v.rewards.extract import extract_answer, last_boxed
+    from r1v.rewards.rules import columns_of, gold_letter, is_multiple_choice
+
+    answer = c.answer.strip()
+    if last_boxed(answer) is None:
+        cols = columns_of(sample)
+        final = (gold_letter(str(sample.answer), cols.get("choices")) if is_multiple_choice(cols)
+                 else extract_answer(answer)) or str(sample.answer)
+        answer = f"{answer}\n\n\\boxed{{{final}}}".strip()
+    return f"<think>\n{(c.think or '').strip()}\n</think>\n\n{answer}"
 
 
 def heldout_accuracy(vlm: Any, samples: Sequence[Sample], *, max_new_tokens: int, batch_size: int = 8
