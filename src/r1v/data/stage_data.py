@@ -180,6 +180,14 @@ def prompt_only(sample: Sample) -> Sample:
     return replace(sample, messages=sample.prompt_messages(), meta=dict(sample.meta))
 
 
+def check_sample_limits(max_seq_len: int, eval_limit: int, eval_max_new_tokens: int) -> None:
+    """The limits every supervised stage's config shares (sft, align, ...)."""
+    if max_seq_len < 8:
+        raise ConfigError(f"max_seq_len: must be >= 8, got {max_seq_len}")
+    if eval_limit < 1 or eval_max_new_tokens < 1:
+        raise ConfigError("eval_limit and eval_max_new_tokens: must be >= 1")
+
+
 def read_prompts(cfg: PromptStageConfig, bad: BadSamples) -> list[Row]:
     """The prompts of a generating stage: `cfg.data` read with its image root, limit and seed (no targets)."""
     return read_stage_data(cfg.data, image_root=Path(cfg.image_root) if cfg.image_root else None, bad=bad,

@@ -69,15 +69,21 @@ class Shapes:
 
 
 @dataclass(frozen=True)
-class PlanRequest:
+class Cluster:
+    """The model and the machines a plan is for: preset, GPUs, trainable-part policy, sharding strategy."""
+
     preset: str = "r1v-38b"
     gpus: int = 8
     policy: str = "connector"
     strategy: Literal["fsdp", "zero3", "ddp"] = "fsdp"
-    seq_len: int = 16384
-    micro_batch: int = 1
     gpu_mem_gb: float = 80.0
     """GPU memory in GiB."""
+
+
+@dataclass(frozen=True)
+class PlanRequest(Cluster):
+    seq_len: int = 16384
+    micro_batch: int = 1
     tiles_per_sample: int = 13
     """Image tiles per sample (12 + thumbnail is the R1V maximum for one image)."""
     loss_tokens: int | None = None
@@ -246,6 +252,21 @@ def _min_gpus(shapes: Shapes, req: PlanRequest) -> int | None:
     return lo
 
 
+def print_gib_table(title: str, caption: str, label: str, values: dict[str, int]) -> Any:
+    """A table of byte counts in GiB (the `total` row bold) on a new console; returns the console."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, caption=caption)
+    table.add_column(label)
+    table.add_column("GiB", justify="right")
+    for key, value in values.items():
+        table.add_row(key, f"{value / GIB:,.2f}", style="bold" if key == "total" else None)
+    console = Console()
+    console.print(table)
+    return console
+
+
 def plan_memory(req: PlanRequest) -> Plan:
     """Build the preset's shapes on the meta device and estimate memory per GPU for `req`."""
     req.validate()
@@ -254,20 +275,11 @@ def plan_memory(req: PlanRequest) -> Plan:
 
 def render_plan(plan: Plan) -> None:
     """A rich table of the per-GPU estimate."""
-    from rich.console import Console
-    from rich.table import Table
-
     r = plan.request
-    table = Table(title=f"{r.preset} | {r.policy} | {r.strategy} x {r.gpus}",
-                  caption=f"seq {r.seq_len} x micro-batch {r.micro_batch}, {r.tiles_per_sample} tiles, "
-                          f"checkpointing {'on' if r.activation_checkpointing else 'off'}, {r.precision}")
-    table.add_column("per GPU")
-    table.add_column("GiB", justify="right")
-    for key, value in plan.per_gpu.items():
-        style = "bold" if key == "total" else None
-        table.add_row(key, f"{value / GIB:,.2f}", style=style)
-    console = Console()
-    console.print(table)
+    console = print_gib_table(f"{r.preset} | {r.policy} | {r.strategy} x {r.gpus}",
+                              f"seq {r.seq_len} x micro-batch {r.micro_batch}, {r.tiles_per_sample} tiles, "
+                              f"checkpointing {'on' if r.activation_checkpointing else 'off'}, {r.precision}",
+                              "per GPU", plan.per_gpu)
     p = plan.params
     console.print(f"parameters: vision {p['vision'] / 1e9:.2f}B, connector {p['connector'] / 1e6:.1f}M, "
                   f"llm {p['llm'] / 1e9:.2f}B, total {p['total'] / 1e9:.2f}B; trainable {plan.trainable / 1e9:.3f}B")
@@ -394,19 +406,10 @@ def plan_inference(req: InferenceRequest) -> InferencePlan:
 
 def render_inference(plan: InferencePlan) -> None:
     """A rich table of the inference estimate and the GPUs that hold it."""
-    from rich.console import Console
-    from rich.table import Table
-
     r = plan.request
-    table = Table(title=f"{r.preset} | inference, weights {r.quantize}",
-                  caption=f"context {r.context} x batch {r.batch}, {r.tiles_per_sample} tiles, "
-                          f"prefill chunk {r.prefill_chunk}")
-    table.add_column("one GPU")
-    table.add_column("GiB", justify="right")
-    for key, value in plan.bytes.items():
-        table.add_row(key, f"{value / GIB:,.2f}", style="bold" if key == "total" else None)
-    console = Console()
-    console.print(table)
+    console = print_gib_table(f"{r.preset} | inference, weights {r.quantize}",
+                              f"context {r.context} x batch {r.batch}, {r.tiles_per_sample} tiles, "
+                              f"prefill chunk {r.prefill_chunk}", "one GPU", plan.bytes)
     weights = plan.bytes["weights_llm"] + plan.bytes["weights_vision"]
     console.print(f"weights {weights / GIB:,.1f} GiB ({weights / plan.bf16_weights:.2f}x bf16's "
                   f"{plan.bf16_weights / GIB:,.1f} GiB); the vision tower and connector stay bf16")

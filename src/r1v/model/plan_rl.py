@@ -35,21 +35,16 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from r1v.errors import ConfigError
-from r1v.model.plan import GIB, RESERVE_BYTES, PlanRequest, Shapes, per_gpu_bytes, shapes_of
+from r1v.model.plan import GIB, RESERVE_BYTES, Cluster, PlanRequest, Shapes, per_gpu_bytes, shapes_of
 
 ENGINE_ALLOWANCE_BYTES = 1 * GIB
 PLACEMENTS = ("colocated", "separate")
 
 
 @dataclass(frozen=True)
-class RLPlanRequest:
+class RLPlanRequest(Cluster):
     """A GRPO run to size. Training fields follow `PlanRequest`; rollout fields name vLLM's settings."""
 
-    preset: str = "r1v-38b"
-    gpus: int = 8
-    policy: str = "connector"
-    strategy: Literal["fsdp", "zero3", "ddp"] = "fsdp"
-    gpu_mem_gb: float = 80.0
     prompt_tokens: int = 4096
     """Prompt tokens per sequence, image tokens included (13 tiles x 256 = 3328 of them at R1V's maximum)."""
     max_completion_length: int = 8192

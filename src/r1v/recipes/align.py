@@ -24,14 +24,20 @@ from rich.console import Console
 
 from r1v.atomic import write_summary
 from r1v.config import to_dict
-from r1v.data.stage_data import BadSamplePolicy, BadSamples, encode_rows, heldout_samples, read_stage_data
+from r1v.data.stage_data import (
+    BadSamplePolicy,
+    BadSamples,
+    check_sample_limits,
+    heldout_samples,
+    read_stage_data,
+)
 from r1v.errors import ConfigError
 from r1v.eval.generate import heldout_accuracy
 from r1v.model.build import assemble, swap_llm
 from r1v.model.trainable import apply_trainable, export_fn, save_vlm
 from r1v.tables import print_table
 from r1v.train import TrainConfig, sft_objective, train
-from r1v.train.grouping import collate_groups, grouped_training_set
+from r1v.train.grouping import collate_groups, encoded_training_set
 
 
 @dataclass
@@ -63,10 +69,7 @@ class AlignConfig:
         if self.train.policy != "connector":
             raise ConfigError(f"train.policy: align trains only the connector; got {self.train.policy!r} "
                               "(use `r1v train sft` to train other parts)")
-        if self.max_seq_len < 8:
-            raise ConfigError(f"max_seq_len: must be >= 8, got {self.max_seq_len}")
-        if self.eval_limit < 1 or self.eval_max_new_tokens < 1:
-            raise ConfigError("eval_limit and eval_max_new_tokens: must be >= 1")
+        check_sample_limits(self.max_seq_len, self.eval_limit, self.eval_max_new_tokens)
         self.train.validate()
 
 
@@ -84,8 +87,8 @@ def run(cfg: AlignConfig, console: Console | None = None) -> dict:
     substitute = assemble(cfg.vision, cfg.substitute_llm, template=cfg.template, name="aligned")
     params = apply_trainable(substitute, "connector")
     processor = Processor(substitute.tokenizer, substitute.spec)
-    encoded = encode_rows(processor, rows, max_seq_len=cfg.max_seq_len, bad=bad)
-    dataset, loop_cfg, batch_stats = grouped_training_set(encoded, cfg.train, group_by_length=cfg.group_by_length)
+    encoded, dataset, loop_cfg, batch_stats = encoded_training_set(
+        processor, rows, cfg.train, max_seq_len=cfg.max_seq_len, bad=bad, group_by_length=cfg.group_by_length)
 
     eval_samples = heldout_samples(cfg.eval_data, image_root=cfg.image_root, limit=cfg.eval_limit)
 

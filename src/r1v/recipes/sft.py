@@ -23,13 +23,18 @@ from rich.console import Console
 
 from r1v.atomic import write_summary
 from r1v.config import to_dict
-from r1v.data.stage_data import BadSamplePolicy, BadSamples, encode_rows, heldout_samples, read_stage_data
-from r1v.errors import ConfigError
+from r1v.data.stage_data import (
+    BadSamplePolicy,
+    BadSamples,
+    check_sample_limits,
+    heldout_samples,
+    read_stage_data,
+)
 from r1v.eval.generate import heldout_accuracy
 from r1v.model.trainable import build_trainable, export_fn, save_vlm
 from r1v.tables import print_table
 from r1v.train import TrainConfig, sft_objective, train
-from r1v.train.grouping import collate_groups, grouped_training_set
+from r1v.train.grouping import collate_groups, encoded_training_set
 
 
 @dataclass
@@ -56,10 +61,7 @@ class SFTConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir=Path("runs/sft")))
 
     def validate(self) -> None:
-        if self.max_seq_len < 8:
-            raise ConfigError(f"max_seq_len: must be >= 8, got {self.max_seq_len}")
-        if self.eval_limit < 1 or self.eval_max_new_tokens < 1:
-            raise ConfigError("eval_limit and eval_max_new_tokens: must be >= 1")
+        check_sample_limits(self.max_seq_len, self.eval_limit, self.eval_max_new_tokens)
         self.train.validate()
 
 
@@ -76,8 +78,8 @@ def run(cfg: SFTConfig, console: Console | None = None) -> dict:
     rows = read_stage_data(cfg.data, image_root=cfg.image_root, bad=bad)
     vlm, params = build_trainable(cfg.model, cfg.train.policy)
     processor = Processor(vlm.tokenizer, vlm.spec)
-    encoded = encode_rows(processor, rows, max_seq_len=cfg.max_seq_len, bad=bad)
-    dataset, loop_cfg, batch_stats = grouped_training_set(encoded, cfg.train, group_by_length=cfg.group_by_length)
+    encoded, dataset, loop_cfg, batch_stats = encoded_training_set(
+        processor, rows, cfg.train, max_seq_len=cfg.max_seq_len, bad=bad, group_by_length=cfg.group_by_length)
     console.print(f"sft: {len(encoded)} samples ({len(bad.items)} skipped), {batch_stats['micro_batches']} "
                   f"micro-batches, padding {batch_stats['padding_share']:.1%}, trainable {params['trainable']:,} "
                   f"of {params['total']:,} parameters ({cfg.train.policy})")

@@ -2,7 +2,8 @@
 
 `length_grouped_batches` forms micro-batches of similar length (shuffle, cut into buckets, sort each bucket by
 length, slice) so little compute goes to padding; `GroupedDataset` hands those ready-made micro-batches to
-`r1v.train.train` (which then runs with one group per micro-batch, `grouped_training_set`).
+`r1v.train.train` (which then runs with one group per micro-batch, `grouped_training_set`);
+`encoded_training_set` encodes the rows first.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from r1v.data.stage_data import Encoded
+from r1v.data.schema import Row
+from r1v.data.stage_data import BadSamples, Encoded, encode_rows
 from r1v.errors import ConfigError
 from r1v.train.config import TrainConfig
 
@@ -79,3 +81,11 @@ def collate_groups(processor: Any) -> Callable[[list[list[dict]]], dict]:
     def collate(groups: list[list[dict]]) -> dict:
         return processor.collate_training([item for g in groups for item in g])
     return collate
+
+
+def encoded_training_set(processor: Any, rows: Sequence[Row], cfg: TrainConfig, *, max_seq_len: int,
+                         bad: BadSamples, group_by_length: bool = True
+                         ) -> tuple[list[Encoded], GroupedDataset, TrainConfig, dict[str, float]]:
+    """`encode_rows`, then `grouped_training_set`: (encoded samples, dataset, loop config, batch statistics)."""
+    encoded = encode_rows(processor, rows, max_seq_len=max_seq_len, bad=bad)
+    return (encoded, *grouped_training_set(encoded, cfg, group_by_length=group_by_length))
