@@ -14,6 +14,7 @@ from r1v.algos.prefix import (
     completion_hidden,
     completion_hidden_shared,
     completion_logits_shared,
+    distinct_rows,
     length_buckets,
     split_head,
 )
@@ -232,3 +233,12 @@ def test_a_cache_without_plain_layers_runs_one_group_on_the_prompt_forward(vlm, 
     assert grads.keys() == ref_grads.keys()
     for name in ref_grads:
         assert_close_scaled(grads[name], ref_grads[name], msg=name)
+
+
+def test_distinct_rows_maps_each_row_to_its_first_copy() -> None:
+    ids = torch.tensor([[0, 5, 6], [1, 2, 3], [0, 5, 6], [0, 5, 6]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1]])  # row 3: same ids, other padding
+    first, inverse = distinct_rows(ids, mask)
+    assert sorted(first.tolist()) == [0, 1, 3]
+    assert first[inverse].tolist() == [0, 1, 0, 3]
+    assert distinct_rows(ids[:2], mask[:2]) is None

@@ -11,10 +11,8 @@ from PIL import Image
 
 from r1v.config import load_config
 from r1v.data.sources import read_jsonl, write_jsonl
-from r1v.data.stage_data import prompt_only
 from r1v.data.synthetic import generate_tasks
 from r1v.errors import ConfigError, DataError
-from r1v.eval.teacher import EndpointTeacher
 from r1v.recipes import distill
 from r1v.rollout.engine import Completion, split_completion
 
@@ -171,25 +169,6 @@ def test_config_validation() -> None:
         load_config(distill.DistillConfig, None, ["scorers.text=judge"])
     with pytest.raises(ConfigError, match="on_bad_sample"):
         load_config(distill.DistillConfig, None, ["on_bad_sample=ignore"])
-
-
-def test_endpoint_teacher_parses_replies() -> None:
-    class FakeJudge:
-        def __init__(self):
-            self.prompts = []
-
-        def ask(self, prompt):
-            self.prompts.append(prompt)
-            return "<think>because 2 and 2</think> \\boxed{4}" if len(self.prompts) == 1 else "It is 4. Answer: 4"
-
-    judge = FakeJudge()
-    s = distill.with_hint(prompt_only(generate_tasks(1, families=("count",), image_size=64)[0]))
-    from r1v.rollout.engine import SamplingParams
-    group = EndpointTeacher(judge).generate([s], SamplingParams(n=2))[0]
-    assert group[0].think == "because 2 and 2" and group[0].answer.strip() == "\\boxed{4}"
-    assert group[1].think == "It is 4. Answer: 4" and group[1].answer == "\\boxed{4}"
-    assert "<image>" not in judge.prompts[0] and "The correct answer is" in judge.prompts[0]
-    assert judge.prompts[1].endswith("(attempt 2)")
 
 
 def test_real_tiny_model_end_to_end(tmp_path) -> None:

@@ -7,7 +7,7 @@ import torch
 from numerics import assert_close_scaled
 
 from r1v.data.schema import Sample
-from r1v.rollout.decode import KVCache, decode, distinct_rows
+from r1v.rollout.decode import KVCache, decode
 from r1v.rollout.engine import RepetitionPenalty, SamplingParams, ThinkBudget, TransformersEngine
 
 pytestmark = pytest.mark.numerics  # float tolerances: `make test-portable` reruns these
@@ -135,15 +135,6 @@ def test_decode_stops_when_all_rows_finish(tiny) -> None:
     assert out.lengths[0] == 1
     assert out.tokens.shape[1] == int(out.lengths.max())  # loop ended once every row was done
     assert out.logprobs is not None and (out.logprobs[0, 1:] == 0).all()
-
-
-def test_distinct_rows_maps_each_row_to_its_first_copy() -> None:
-    ids = torch.tensor([[0, 5, 6], [1, 2, 3], [0, 5, 6], [0, 5, 6]])
-    mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1]])  # row 3: same ids, other padding
-    first, inverse = distinct_rows(ids, mask)
-    assert sorted(first.tolist()) == [0, 1, 3]
-    assert first[inverse].tolist() == [0, 1, 0, 3]
-    assert distinct_rows(ids[:2], mask[:2]) is None
 
 
 def test_repeated_prompts_are_prefilled_once_with_the_same_result(tiny) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from numerics import assert_close_scaled
 
-from r1v.rollout.decode import KVCache, _check_supported, _mask_arg, _masks, decode, model_parts
+from r1v.rollout.decode import KVCache, attention_masks, check_supported, decode, mask_arg, model_parts
 from r1v.rollout.step import FusedStep
 
 pytestmark = pytest.mark.numerics  # float tolerances: `make test-portable` reruns these
@@ -42,13 +42,13 @@ MODELS = {"qwen2": _qwen2, "llama": _llama, "llama_bias": lambda: _llama(bias=Tr
 def test_fused_step_equals_the_transformers_body(kind: str, pack: bool) -> None:
     model = MODELS[kind]()
     lm, _, _ = model_parts(model)
-    layers, kv_heads, head_dim = _check_supported(lm)
+    layers, kv_heads, head_dim = check_supported(lm)
     torch.manual_seed(3)
     ids = torch.randint(1, 200, (3, 6))
     mask = torch.ones_like(ids)
     mask[1, :2] = 0  # left padding in one row
     total = ids.shape[1] + 1
-    prefill, step = _masks(mask, total, torch.float32)
+    prefill, step = attention_masks(mask, total, torch.float32)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     nxt = torch.randint(1, 200, (3, 1))
     step_pos = mask.sum(-1, keepdim=True)
@@ -57,11 +57,11 @@ def test_fused_step_equals_the_transformers_body(kind: str, pack: bool) -> None:
     for name in ("hf", "fused"):
         cache = KVCache(layers, 3, kv_heads, head_dim, total, torch.float32, torch.device("cpu"))
         with torch.no_grad():
-            lm(input_ids=ids, attention_mask=_mask_arg(lm, prefill), position_ids=positions, use_cache=True,
+            lm(input_ids=ids, attention_mask=mask_arg(lm, prefill), position_ids=positions, use_cache=True,
                cache=cache)
             cache.advance(ids.shape[1])
             if name == "hf":
-                out = lm(input_ids=nxt, attention_mask=_mask_arg(lm, step), position_ids=step_pos, cache=cache,
+                out = lm(input_ids=nxt, attention_mask=mask_arg(lm, step), position_ids=step_pos, cache=cache,
                          use_cache=True).last_hidden_state
             else:
                 fused = FusedStep.build(lm, 3 if pack else None)

@@ -27,10 +27,20 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from r1v.rollout.decode import distinct_rows
-
 __all__ = ["can_share_prompt", "completion_hidden", "completion_hidden_shared", "completion_logits_shared",
-           "length_buckets", "split_head"]
+           "distinct_rows", "length_buckets", "split_head"]
+
+def distinct_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(first row of each distinct prompt [U], row -> its distinct prompt [B]) or None when all rows differ."""
+    key = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)  # [B, 2P]
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if uniq.shape[0] == key.shape[0]:
+        return None
+    first = torch.full((uniq.shape[0],), key.shape[0], dtype=torch.long, device=key.device)
+    first.scatter_reduce_(0, inverse, torch.arange(key.shape[0], device=key.device), reduce="amin")
+    return first, inverse
+
+
 
 #: model classes whose forward computes `logits = lm_head(model(...)[0])` with nothing in between
 #: (no logit scaling or soft-capping), so `split_head` may take them apart.

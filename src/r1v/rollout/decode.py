@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from r1v.algos.prefix import distinct_rows
 from r1v.errors import ModelError
 from r1v.rollout.packing import packed_linears
 from r1v.rollout.step import FusedStep
@@ -48,7 +49,7 @@ from r1v.rollout.streams import uniforms
 #: drop finished rows from the cache once at most this share of its rows is still generating
 COMPACT_AT = 0.75
 
-__all__ = ["DecodeOutput", "DecodeState", "KVCache", "decode", "distinct_rows", "model_parts", "sample_rows"]
+__all__ = ["DecodeOutput", "DecodeState", "KVCache", "decode", "model_parts", "sample_rows"]
 
 
 class KVCache:
@@ -124,7 +125,7 @@ def model_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modul
     return inner, head, None
 
 
-def _check_supported(lm: torch.nn.Module) -> tuple[int, int, int]:
+def check_supported(lm: torch.nn.Module) -> tuple[int, int, int]:
     cfg = lm.config
     layer_types = getattr(cfg, "layer_types", None) or []  # e.g. LlamaConfig has no layer_types
     if getattr(lm, "has_sliding_layers", False) or any(t != "full_attention" for t in layer_types):
@@ -150,25 +151,14 @@ def _cache_kwarg(lm: torch.nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _mask_arg(lm: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+def mask_arg(lm: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
     """A ready 4D mask as `lm` takes it: a {"full_attention": mask} mapping where the model reads one (those
     with `config.layer_types`, e.g. Qwen2: no mask is built per step), else the tensor itself (e.g. Llama,
     whose mask builder returns a 4D mask as it is but cannot read a mapping)."""
     return {"full_attention": mask} if getattr(lm.config, "layer_types", None) else mask
 
 
-def distinct_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(first row of each distinct prompt [U], row -> its distinct prompt [B]) or None when all rows differ."""
-    key = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)  # [B, 2P]
-    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
-    if uniq.shape[0] == key.shape[0]:
-        return None
-    first = torch.full((uniq.shape[0],), key.shape[0], dtype=torch.long, device=key.device)
-    first.scatter_reduce_(0, inverse, torch.arange(key.shape[0], device=key.device), reduce="amin")
-    return first, inverse
-
-
-def _masks(attention_mask: torch.Tensor, total: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_masks(attention_mask: torch.Tensor, total: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Additive masks: prefill [B, 1, P, P] (causal, no padded keys; every query sees at least itself so
     padded rows stay finite) and decode [B, 1, 1, total] (padded prompt keys masked, the rest open)."""
     b, p = attention_mask.shape
@@ -220,7 +210,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     The loop ends when every row has produced a stop id / met `stop_check`, or after `max_new_tokens`.
     """
     lm, head, mm = model_parts(model)
-    layers, kv_heads, head_dim = _check_supported(lm)
+    layers, kv_heads, head_dim = check_supported(lm)
     device = input_ids.device
     dtype = _hidden_dtype(lm, head)
     b, p = input_ids.shape
@@ -232,7 +222,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     groups = distinct_rows(input_ids, attention_mask) if body is lm else None
     first = groups[0] if groups is not None else slice(None)  # the rows to prefill
     cache = KVCache(layers, len(groups[0]) if groups is not None else b, kv_heads, head_dim, total, dtype, device)
-    prefill_mask, step_mask = _masks(attention_mask, total, dtype)
+    prefill_mask, step_mask = attention_masks(attention_mask, total, dtype)
     prompt_lens = attention_mask.long().sum(-1)
     positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
 
@@ -256,7 +246,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     try:
         kwargs = {"pixel_values": pixel_values} if body is mm else {}
         kwargs[_cache_kwarg(body)] = cache
-        hidden = body(input_ids=input_ids[first], attention_mask=_mask_arg(lm, prefill_mask[first]),
+        hidden = body(input_ids=input_ids[first], attention_mask=mask_arg(lm, prefill_mask[first]),
                       position_ids=positions[first], use_cache=True, **kwargs).last_hidden_state[:, -1:]
         if groups is not None:  # copy each distinct prompt's cache and last hidden state to its rows
             cache.expand(groups[1])
@@ -310,7 +300,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
             if fused is not None:
                 hidden = fused(current, mask, positions, cache)
             else:
-                hidden = lm(input_ids=current, attention_mask=_mask_arg(lm, mask), position_ids=positions,
+                hidden = lm(input_ids=current, attention_mask=mask_arg(lm, mask), position_ids=positions,
                             **step_kwargs).last_hidden_state
             cache.advance(1)
     finally:

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from r1v.model.build import VLM, save_model
+from r1v.model.build import save_model
+from r1v.model.vlm import VLM
 from r1v.train.shard import copy_trainable, launch_shards
 
 
