@@ -35,13 +35,15 @@ from torch import nn
 
 from r1v.data.schema import Message, Sample
 from r1v.errors import DataError, ModelError
+from r1v.plugins import load_callable
+from r1v.processing.processor import IGNORE_INDEX
+from r1v.rewards.rules import Scorer, columns_of
 
 HEAD_FILE = "reward_head.safetensors"
 META_FILE = "reward_model.json"
 FORMAT = "r1v-rm/1"
 THINK_OPEN = "<think>"
 THINK_PREFILL = "<think>\n"
-IGNORE_INDEX = -100
 
 
 def as_assistant_turn(completion: str) -> str:
@@ -134,7 +136,8 @@ class RewardModel:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from r1v.model.build import load_vlm, read_folder_json
+        from r1v.model.build import load_vlm
+        from r1v.model.vlm import read_folder_json
 
         path = Path(path)
         if not (path / META_FILE).is_file() or not (path / HEAD_FILE).is_file():
@@ -169,7 +172,8 @@ class RewardModel:
         """Write the model folder, the head and `reward_model.json`."""
         from safetensors.torch import save_file
 
-        from r1v.model.build import model_folder, save_model
+        from r1v.model.build import save_model
+        from r1v.model.vlm import model_folder
 
         folder = Path(folder)
         head = {k: v.detach().cpu().contiguous() for k, v in self.net.head.state_dict().items()}
@@ -228,3 +232,15 @@ def score_completion(completion: str, columns: dict[str, Any]) -> float:
         raise ModelError("set R1V_REWARD_MODEL to a reward model folder (from `r1v train rm`) to use "
                          "r1v.rewards.reward_model:score_completion")
     return _cached(path)(completion, columns)
+
+
+def reward_model_scorer(spec: str | None, *, device: Any = "cpu", batch_size: int = 8) -> Scorer | None:
+    """r_RM as a batched `Scorer`: a reward-model folder (`r1v train rm`) loaded on `device` and run in
+    batches of `batch_size` with the images and system prompt, or a plug-in (`path/file.py:function` /
+    `module:function`, `fn(completion, columns) -> float`) called per completion; None for no spec."""
+    if spec is None:
+        return None
+    if Path(spec).is_dir():
+        return RewardModel.load(spec, device=str(device), batch_size=batch_size).score
+    fn = load_callable(spec, "reward model")
+    return lambda samples, texts: [float(fn(t, columns_of(s))) for s, t in zip(samples, texts, strict=True)]
