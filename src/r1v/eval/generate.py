@@ -2,6 +2,9 @@
 
 - `generate(vlm, samples, params, batch_size=...)`: one list of `params.n` completions per sample, the
   model in eval mode for the call (its training flag restored after), `batch_size` prompts per engine call.
+  On N processes (torchrun, accelerate) each process generates its contiguous share of the samples and
+  every process gets every group, in order (`r1v.distributed`); with `params.seed` set, completion j of
+  sample i draws from the random stream (seed, i, j), so 1 and N processes sample the same completions.
 - `correct_many(answers, samples)`: the rewards' answer extraction and verifiers, one bool per answer.
 - `judge(vlm, samples)`: greedy answers verified against the gold answers (`Judged`); `heldout_accuracy`.
 - `rule_verdicts(samples, texts, truncated)`: per completion, correct / well-formed / hallucinated /
@@ -14,31 +17,40 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from r1v import distributed as dist
 from r1v.data.schema import PreferencePair, Sample
 from r1v.rollout.engine import Completion, SamplingParams
+from r1v.rollout.streams import stream_key
 
 
 def generate(vlm: Any, samples: Sequence[Sample], params: SamplingParams, *, batch_size: int,
-             on_batch: Callable[[int], None] | None = None) -> list[list[Completion]]:
-    """`params.n` completions per sample from `vlm` (a model bundle), `batch_size` prompts per engine call;
-    `on_batch(done)` is told how many samples are done after each call."""
+             on_batch: Callable[[int], None] | None = None, gather: bool = True) -> list[list[Completion]]:
+    """`params.n` completions per sample from `vlm` (a model bundle), `batch_size` prompts per engine call,
+    each process its contiguous share (`dist.shard_bounds`); `on_batch(done)` is told how many of this
+    process's samples are done after each call. `gather=False` returns this process's share only."""
     from r1v.rollout.engine import TransformersEngine
 
+    rank, world = dist.world_info()
+    start, stop = dist.shard_bounds(len(samples), rank, world)
+    seeds = [stream_key(params.seed, i) for i in range(start, stop)] if params.seed is not None else None
+    params = replace(params, seed=None) if seeds is not None else params  # per-sample streams, not the global RNG
     engine = TransformersEngine(vlm)
     groups: list[list[Completion]] = []
     was_training = vlm.model.training
     vlm.model.eval()
     try:
-        for start in range(0, len(samples), batch_size):
-            groups.extend(engine.generate(list(samples[start:start + batch_size]), params))
+        for at in range(start, stop, batch_size):
+            end = min(at + batch_size, stop)
+            groups.extend(engine.generate(list(samples[at:end]), params,
+                                          seeds=seeds[at - start:end - start] if seeds is not None else None))
             if on_batch is not None:
                 on_batch(len(groups))
     finally:
         vlm.model.train(was_training)
-    return groups
+    return dist.gather(groups, world) if gather else groups
 
 
 def greedy(max_new_tokens: int, *, think: bool = True) -> SamplingParams:
@@ -111,14 +123,19 @@ def generate_pairs(vlm: Any, samples: Sequence[Sample], params: SamplingParams, 
                    margin_threshold: float, pairs_per_prompt: int, rm: Any = None,
                    ) -> tuple[list[PreferencePair], dict[str, int]]:
     """Sample `params.n` completions per prompt from `vlm`, judge them (`rule_verdicts`), score them (the
-    reward model `rm`, else the rule score) and pair them (`r1v.data.pairs.build_pairs`)."""
+    reward model `rm`, else the rule score) and pair them (`r1v.data.pairs.build_pairs`). On N processes
+    each process generates, judges and scores its share of the prompts; every process gets all the pairs
+    (in prompt order) and the summed counts."""
     from r1v.data.pairs import build_pairs
     from r1v.rewards.reward_model import as_assistant_turn
 
+    rank, world = dist.world_info()
+    start, stop = dist.shard_bounds(len(samples), rank, world)
     groups, truncs = [], []
-    for g in generate(vlm, samples, params, batch_size=batch_size):
+    for g in generate(vlm, samples, params, batch_size=batch_size, gather=False):
         groups.append([as_assistant_turn(c.text) for c in g])
         truncs.append([c.finish_reason == "length" for c in g])
+    samples = samples[start:stop]
     flat_s = [s for s, g in zip(samples, groups, strict=True) for _ in g]
     flat_t = [t for g in groups for t in g]
     flat_v = rule_verdicts(flat_s, flat_t, [x for g in truncs for x in g])
@@ -132,4 +149,8 @@ def generate_pairs(vlm: Any, samples: Sequence[Sample], params: SamplingParams, 
     counts["completions"] = len(flat_t)
     counts["correct"] = sum(v["correct"] for v in flat_v)
     counts["hallucinated"] = sum(bool(v["hallucinated"]) for v in flat_v)
-    return pairs, dict(counts)
+    total: dict[str, int] = {}
+    for part in dist.gather([dict(counts)], world):
+        for key, n in part.items():
+            total[key] = total.get(key, 0) + n
+    return dist.gather(pairs, world), total
