@@ -115,7 +115,8 @@ class PipelineConfig:
     """Reuse steps whose `summary.json` exists in `out_dir/<step>`."""
     prune_checkpoints: bool = False
     """Delete a step's resume checkpoints (weights + optimizer state, ~1.6 GB each for SmolLM2) once the step
-    has finished and exported its final model; a killed run still resumes the step it was in."""
+    has finished and exported its final model; a killed run still resumes the step it was in. A step whose
+    run folder a later step reads (`inputs: {select.checkpoints: grpo.run}`) keeps its checkpoints."""
     prepare: Prepare = field(default_factory=Prepare)
     eval: EvalSettings = field(default_factory=EvalSettings)
     micro: dict[str, Any] = field(default_factory=dict)
@@ -279,7 +280,7 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
             summary = stage_module(step.stage).run(stage_cfg, console=console)
         summaries[step.name] = summary
         seconds = time.perf_counter() - t0
-        if cfg.prune_checkpoints:
+        if cfg.prune_checkpoints and not any(src == f"{step.name}.run" for s in steps for src in s.inputs.values()):
             prune_checkpoints(out / step.name)
         for r in step.report:
             folder = _lookup(summary, r.model)
