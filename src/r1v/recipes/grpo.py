@@ -80,12 +80,22 @@ class RewardItem:
 
 @dataclass
 class VLLMOptions:
-    """Settings of the vLLM rollout engine (`engine: vllm`)."""
+    """Settings of the vLLM rollout engine (`engine: vllm`, docs/vllm.md): colocated (a vLLM engine per
+    process, on its devices) or, with `server_url`, the rollout server `r1v rollout-server` on other devices."""
 
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.3
     max_model_len: int | None = None
     dtype: str = "bfloat16"
+    kv_cache_gib: float | None = None
+    """An explicit KV cache size (the CPU build: set it, the memory-fraction check fails on a busy host)."""
+    enforce_eager: bool = False
+    text_only: bool = False
+    """Serve the LLM alone (text prompts; the CPU build, whose image path needs a torchvision it lacks)."""
+    sleep: bool = False
+    """Colocated: free vLLM's memory after each rollout for the update (vLLM's sleep mode, GPU only)."""
+    server_url: str | None = None
+    """The rollout server (`r1v rollout-server`): rollouts and weight pushes go there over HTTP."""
 
 
 @dataclass
@@ -304,13 +314,19 @@ def frozen_reference(model: torch.nn.Module) -> torch.nn.Module:
 
 def make_engine(cfg: GRPOConfig, vlm: Any, processor: Any) -> Any:
     """The rollout engine named by `cfg.engine`."""
+    if cfg.engine == "vllm" and cfg.vllm.server_url:
+        from r1v.rollout.server import RemoteEngine
+
+        return RemoteEngine(cfg.vllm.server_url)
     if cfg.engine == "vllm":
         from r1v.rollout.vllm import VLLMEngine
 
-        folder = save_vlm(vlm, cfg.train.out_dir / "rollout_model")
-        return VLLMEngine(folder, processor=processor, tensor_parallel_size=cfg.vllm.tensor_parallel_size,
-                          gpu_memory_utilization=cfg.vllm.gpu_memory_utilization,
-                          max_model_len=cfg.vllm.max_model_len, dtype=cfg.vllm.dtype, seed=cfg.train.seed)
+        o = cfg.vllm
+        return VLLMEngine.from_vlm(vlm, cfg.train.out_dir / f"rollout_model-rank{dist.world_info()[0]}",
+                                   text_only=o.text_only, tensor_parallel_size=o.tensor_parallel_size,
+                                   gpu_memory_utilization=o.gpu_memory_utilization, max_model_len=o.max_model_len,
+                                   dtype=o.dtype, seed=cfg.train.seed, enforce_eager=o.enforce_eager,
+                                   kv_cache_gib=o.kv_cache_gib, enable_sleep_mode=o.sleep)
     from r1v.rollout.engine import TransformersEngine
 
     return TransformersEngine(vlm, processor=processor)
