@@ -252,7 +252,8 @@ class VLLMEngine:
 
             model = vlm.model.merge_and_unload() if hasattr(vlm.model, "merge_and_unload") else vlm.model
             path = save_model(type(vlm)(model, vlm.tokenizer, vlm.spec, vlm.name, vlm.provenance), folder)
-        return cls(path, processor=Processor(vlm.tokenizer, vlm.spec), text_only=text_only, **kwargs)
+        processor = kwargs.pop("processor", None) or Processor(vlm.tokenizer, vlm.spec)
+        return cls(path, processor=processor, text_only=text_only, **kwargs)
 
     # ------------------------------------------------------------------------------------ prompts
     def render(self, sample: Sample, think: bool) -> str:

@@ -21,9 +21,8 @@ from rich.console import Console
 from r1v.config import to_dict
 from r1v.data.schema import Sample
 from r1v.data.sources import atomic_write_text
-from r1v.recipes.common import read_stage_data
-
-TABLE_KEYS = ("accuracy", "think_tokens_mean", "hallucination_rate", "effective_ratio")
+from r1v.data.stage_data import read_stage_data
+from r1v.tables import print_wide_table
 
 
 def held_out(settings: Any, data_dir: Path) -> list[Sample]:
@@ -37,30 +36,23 @@ def held_out(settings: Any, data_dir: Path) -> list[Sample]:
 def evaluate_model(folder: str, samples: Sequence[Sample], settings: Any, console: Console | None = None) -> dict:
     """Greedy answers of the model in `folder` on `samples`: accuracy (overall, by family, unanswerable),
     mean thinking tokens, hallucination rate and a few example completions."""
+    from r1v.eval.generate import correct_many, generate, greedy
     from r1v.eval.hallucination import hallucination_report
     from r1v.model.build import load_vlm
-    from r1v.rewards.rules import accuracy_many, columns_of
-    from r1v.rollout.engine import SamplingParams, TransformersEngine
 
     vlm = load_vlm(folder)
-    engine = TransformersEngine(vlm)
-    params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=0.0, top_p=1.0,
-                            repetition_penalty=1.0)
-    completions = []
-    status = console.status("evaluating on the held-out set") if console else None
+    what = "evaluating on the held-out set"
+    status = console.status(what) if console else None
     if status:
         status.start()
     try:
-        for start in range(0, len(samples), settings.batch_size):
-            for group in engine.generate(list(samples[start:start + settings.batch_size]), params):
-                completions.append(group[0])
-                if status:
-                    status.update(f"evaluating on the held-out set: {len(completions)}/{len(samples)}")
+        groups = generate(vlm, samples, greedy(settings.max_new_tokens), batch_size=settings.batch_size,
+                          on_batch=(lambda done: status.update(f"{what}: {done}/{len(samples)}")) if status else None)
     finally:
         if status:
             status.stop()
-    scores = accuracy_many([c.answer for c in completions], [columns_of(s) for s in samples])
-    correct = [p["accuracy"] >= 1.0 for p in scores]
+    completions = [g[0] for g in groups]
+    correct = correct_many([c.answer for c in completions], samples)
     by_family: dict[str, list[bool]] = {}
     for s, ok in zip(samples, correct, strict=True):
         key = "unanswerable" if s.meta.get("unanswerable") else str(s.meta.get("family", "other"))
@@ -116,23 +108,6 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
               _fmt(r.get("think_tokens_mean")), _fmt(r.get("hallucination_rate")), _fmt(r.get("effective_ratio")),
               _fmt(r.get("train_seconds"))] for r in rows]
     return headers, cells
-
-
-def _print_stage_table(console: Console, title: str, headers: list[str], cells: list[list[str]]) -> None:
-    """The stage table on the terminal, never squeezed into unreadable columns: figures do not wrap, and
-    the table is printed at its natural width even when the output is a pipe or a narrow terminal."""
-    from rich.table import Table
-
-    t = Table(title=title)
-    for i, h in enumerate(headers):
-        t.add_column(h, no_wrap=i > 0, justify="left" if i == 0 else "right")
-    for row in cells:
-        t.add_row(*row)
-    need = sum(max(len(h), *(len(r[i]) for r in cells)) + 3 for i, h in enumerate(headers)) + 1
-    if need > console.width:  # a wider console on the same stream (a pipe or log file gets the full table)
-        console = Console(file=console.file, width=need, force_terminal=console.is_terminal,
-                          color_system=console.color_system)
-    console.print(t)
 
 
 def plot_accuracy(rows: list[dict], path: Path) -> Path | None:
@@ -228,7 +203,7 @@ def write_report(cfg: Any, rows: list[dict], summaries: dict[str, dict], out: Pa
         "table{border-collapse:collapse}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><table><tr>{th}</tr>{trs}</table><h2>What helped</h2><ul>{lis}</ul>"
         f"{imgs}</body></html>\n"))
-    _print_stage_table(console, title, headers, cells)
+    print_wide_table(console, title, headers, cells)
     for v in report["verdicts"]:
         console.print(f"  {v}")
     console.print(f"wrote {out / 'report.json'}, report.md, report.html and {len(written)} plots")
