@@ -361,7 +361,7 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
                      "max_tiles": cfg.max_tiles,
                      "temperature": cfg.temperature, "top_p": cfg.top_p,
                      "repetition_penalty": cfg.repetition_penalty, "think": cfg.think, "seed": cfg.seed,
-                     "quantize": cfg.quantize},
+                     "quantize": cfg.quantize, "engine": cfg.engine},
     }
     write_eval_report(summary, cfg.out)
     return summary

@@ -150,13 +150,14 @@ def trained_tensors(model: torch.nn.Module, everything: bool = False) -> dict[st
 
 
 def llm_only_names(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An InternVL model's tensors renamed for its LLM alone (`model.language_model.X` -> `model.X`,
-    `lm_head.*` kept); vision tower and connector tensors dropped (a text-only engine has no use for them)."""
+    """An InternVL model's tensors renamed for its LLM alone (`model.language_model.X` -> `model.X`, `lm_head.*`
+    kept), vision tower and connector tensors dropped (a text-only engine has no use for them); a plain causal
+    LM's names stay as they are."""
     out = {}
     for n, t in named.items():
         if n.startswith(LLM_PREFIX):
             out[CAUSAL_PREFIX + n[len(LLM_PREFIX):]] = t
-        elif n.startswith("lm_head."):
+        elif not n.startswith(("model.vision_tower.", "model.multi_modal_projector.")):
             out[n] = t
     return out
 

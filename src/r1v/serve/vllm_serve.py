@@ -113,15 +113,28 @@ def vllm_command(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     if max_model_len is not None:
         cmd += ["--max-model-len", str(max_model_len)]
     cmd += list(extra_args or [])
+    if not _has_cuda() and not any(a.startswith("--kv-cache-memory") for a in cmd):
+        from r1v.rollout.vllm import CPU_KV_CACHE_GIB
+
+        # the CPU build: an explicit KV cache (its default, a share of the host's memory, fails on busy hosts)
+        cmd += ["--kv-cache-memory-bytes", str(int(CPU_KV_CACHE_GIB * (1 << 30)))]
     env = {"VLLM_API_KEY": api_key} if api_key else {}
     return cmd, env, template_file
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def exec_vllm(cmd: list[str], env: dict[str, str]) -> None:
     """Replace this process with vLLM's server; a clear error when vLLM is not installed."""
     import importlib.util
+    import sys
 
-    exe = shutil.which(cmd[0])
+    beside = Path(sys.executable).parent / cmd[0]  # the venv's own `vllm`, whether or not its bin/ is on PATH
+    exe = str(beside) if beside.is_file() else shutil.which(cmd[0])
     if importlib.util.find_spec("vllm") is None or exe is None:
         raise ConfigError("--engine vllm needs vLLM installed (GPU machines: pip install 'r1v[vllm]'); "
                           "or use --engine transformers")
