@@ -406,10 +406,15 @@ def judge(vlm: VLM, samples: Sequence[Sample], *, max_new_tokens: int = 256, bat
     was_training = vlm.model.training
     vlm.model.eval()
     answers: list[str] = []
+    from r1v.progress import progress_bar
+
     try:
-        for start in range(0, len(samples), batch_size):
-            groups = engine.generate(list(samples[start:start + batch_size]), params)
-            answers.extend(g[0].answer for g in groups)
+        with progress_bar(transient=True) as bar:
+            task = bar.add_task("judging (greedy answers)", total=len(samples))
+            for start in range(0, len(samples), batch_size):
+                groups = engine.generate(list(samples[start:start + batch_size]), params)
+                answers.extend(g[0].answer for g in groups)
+                bar.update(task, completed=len(answers))
     finally:
         vlm.model.train(was_training)
     correct: list[bool | None] = [None] * len(samples)

@@ -43,13 +43,14 @@ def prepare_parts(console: Console, *, seed: int = 0, tower_steps: int = 800,
     from r1v.assets.vision import load_metrics
     from r1v.recipes.demo_data import rendered_source
 
-    with console.status("SmolLM2-135M-Instruct: converting the GGUF file once (cached) ..."):
-        llm = smollm2_dir()
+    console.print("SmolLM2-135M-Instruct: the cached folder (a first run converts the GGUF file: ~30 s) ...")
+    llm = smollm2_dir()
     tower = vision_tower_dir()
     manifest = read_manifest(tower) if tower else None
     cut_short = bool(tower and load_metrics(tower).get("stopped_by_budget"))
     if tower is None or cut_short or TOWER_SOURCE not in (manifest or {}).get("sources", {}):
-        console.print("vision tower: pretraining on easy-VQA + rendered tasks (once; cached)")
+        console.print(f"vision tower: pretraining on easy-VQA + rendered tasks (once; cached): loading the images, "
+                      f"then {tower_steps} steps of 32 images with a progress bar")
         tower = pretrain_vision_tower(seed=seed, seconds_budget=None, steps=tower_steps,
                                       extra_sources=[rendered_source(tower_images, seed=seed, difficulties=(1, 2))])
     console.print(f"  smollm2: {llm}\n  vision tower: {tower}")

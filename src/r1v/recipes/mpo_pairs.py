@@ -197,11 +197,16 @@ def generate_pairs(vlm: Any, samples: Sequence[Sample], cfg: MPOConfig, rm: Any 
     groups, truncs = [], []
     was_training = vlm.model.training
     vlm.model.eval()
+    from r1v.progress import progress_bar
+
     try:
-        for start in range(0, len(samples), cfg.gen_batch_size):
-            for g in engine.generate(list(samples[start:start + cfg.gen_batch_size]), params):
-                groups.append([as_assistant_turn(c.text) for c in g])
-                truncs.append([c.finish_reason == "length" for c in g])
+        with progress_bar(transient=True) as bar:
+            task = bar.add_task(f"sampling {cfg.samples_per_prompt} answers per prompt", total=len(samples))
+            for start in range(0, len(samples), cfg.gen_batch_size):
+                for g in engine.generate(list(samples[start:start + cfg.gen_batch_size]), params):
+                    groups.append([as_assistant_turn(c.text) for c in g])
+                    truncs.append([c.finish_reason == "length" for c in g])
+                bar.update(task, completed=len(groups))
     finally:
         vlm.model.train(was_training)
     flat_s = [s for s, g in zip(samples, groups, strict=True) for _ in g]

@@ -21,6 +21,7 @@ from rich.console import Console
 from r1v.config import to_dict
 from r1v.data.schema import Sample
 from r1v.data.sources import atomic_write_text
+from r1v.progress import progress_bar
 from r1v.recipes.common import read_stage_data
 
 TABLE_KEYS = ("accuracy", "think_tokens_mean", "hallucination_rate", "effective_ratio")
@@ -47,18 +48,13 @@ def evaluate_model(folder: str, samples: Sequence[Sample], settings: Any, consol
     params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=0.0, top_p=1.0,
                             repetition_penalty=1.0)
     completions = []
-    status = console.status("evaluating on the held-out set") if console else None
-    if status:
-        status.start()
-    try:
+    with progress_bar(console, enabled=console is not None, transient=True) as bar:
+        task = bar.add_task(f"evaluating {Path(folder).parent.name}/{Path(folder).name} on the held-out set",
+                            total=len(samples))
         for start in range(0, len(samples), settings.batch_size):
             for group in engine.generate(list(samples[start:start + settings.batch_size]), params):
                 completions.append(group[0])
-                if status:
-                    status.update(f"evaluating on the held-out set: {len(completions)}/{len(samples)}")
-    finally:
-        if status:
-            status.stop()
+            bar.update(task, completed=len(completions))
     scores = accuracy_many([c.answer for c in completions], [columns_of(s) for s in samples])
     correct = [p["accuracy"] >= 1.0 for p in scores]
     by_family: dict[str, list[bool]] = {}
