@@ -10,9 +10,9 @@ import pytest
 from r1v.config import load_config
 from r1v.errors import ConfigError
 from r1v.recipes import load_stage_config
-from r1v.recipes.demo_data import chain, rendered_rows, short_rows, text_rows, write_prepared
+from r1v.recipes.demo_data import chain, pair_rows, rendered_rows, short_rows, text_rows, write_prepared
 from r1v.recipes.pipeline import PipelineConfig, Prepare, deep_merge, run, scaled, step_config
-from r1v.recipes.pipeline_report import verdicts
+from r1v.recipes.pipeline_report import table, verdicts
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -60,6 +60,43 @@ def test_verdicts_say_when_a_step_did_not_help() -> None:
     text = " ".join(verdicts(rows))
     assert "stage 1: helped" in text and "RL: did NOT help" in text
     assert "Final vs stage-1 SFT: 0.400 vs 0.500 (NOT above)" in text
+
+
+def test_verdicts_use_paired_intervals_and_diagnose_rl() -> None:
+    base = [i % 2 == 0 for i in range(300)]
+    better = [b or i % 4 == 1 for i, b in enumerate(base)]
+    rows = [{"name": "SFT", "stage": "sft", "accuracy": 0.5, "correct": base},
+            {"name": "DPO only", "stage": "mpo", "accuracy": 0.5, "correct": base, "versus": "SFT"},
+            {"name": "MPO", "stage": "mpo", "accuracy": 0.75, "correct": better, "versus": "SFT",
+             "pass_at_1": 0.6, "pass_at_k": 0.9, "k": 4, "mixed_share": 0.3},
+            {"name": "RL", "stage": "grpo", "accuracy": 0.75, "correct": better, "versus": "MPO",
+             "effective_ratio": 0.0, "effective_ratio_without": 0.0}]
+    text = "\n".join(verdicts(rows))
+    assert "DPO only: did not change held-out accuracy on any item" in text
+    assert "MPO: helped beyond the noise (+0.250, 95% CI [+" in text and "vs SFT" in text
+    assert "pass@1 0.600, pass@4 0.900" in text
+    assert "RL: effective-sample ratio 0.00 with the buffer vs 0.00 from the rollouts alone; every group had zero" in text
+    headers, cells = table(rows)
+    change = headers.index("change [95% CI]")
+    assert cells[0][change] == "-" and cells[2][change].startswith("+0.250 [+") and cells[3][change] == \
+        "+0.000 [+0.000, +0.000]"
+
+
+def test_preference_pairs_reject_a_hallucinated_figure(tmp_path: Path) -> None:
+    from r1v.recipes.mpo_pairs import read_pairs
+
+    pairs = pair_rows(24, seed=1, families=["count", "compare"], difficulties=[1], unanswerable_ratio=0.3)
+    for p in pairs:
+        s = p["sample"]
+        assert p["chosen"].endswith(f"\\boxed{{{s.answer}}}") and not p["rejected"].endswith(f"\\boxed{{{s.answer}}}")
+        if s.meta.get("unanswerable"):
+            assert "I see no" in p["chosen"] and "there are 1." in p["rejected"]  # a number for an absent object
+    assert any(p["sample"].meta.get("unanswerable") for p in pairs)
+    prep = Prepare(pairs=6, heldout_pairs=3, val=2, families=["count"], difficulties=[1])
+    files = write_prepared(prep, tmp_path, seed=0)
+    back = read_pairs(files["pairs"])
+    assert len(back) == 6 and len(read_pairs(files["heldout_pairs"])) == 3 and back[0].pair.chosen_score == 1.0
+    assert Path(back[0].pair.sample.images[0]).exists() and files["val"].exists()
 
 
 def test_worked_chains_agree_with_the_gold_answers() -> None:
@@ -130,6 +167,34 @@ def test_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
     assert "stage 1 (SFT)" in (tmp_path / "report.md").read_text()
     # prune_checkpoints (on in demo.yaml): finished steps keep their final models, not resume checkpoints
     assert cfg.prune_checkpoints and not list(tmp_path.rglob("checkpoints"))
+
+
+@pytest.mark.parametrize("generation", ["r1v2", "r1v3"])
+def test_tiny_demo_generations_end_to_end(generation: str, tmp_path: Path) -> None:
+    cfg = load_config(PipelineConfig, CONFIGS / f"demo_{generation}.yaml", [f"out_dir={tmp_path}", "scale=tiny"])
+    report = run(cfg)
+    names = [s["name"] for s in report["stages"]]
+    for s in report["stages"]:
+        assert 0.0 <= s["accuracy"] <= 1.0 and s["n"] == 4 and len(s["correct"]) == 4
+        assert s["hallucination_rate"] is None or 0.0 <= s["hallucination_rate"] <= 1.0
+    if generation == "r1v2":
+        assert names == ["assembled (no SFT)", "SFT", "DPO only", "MPO", "MPO + GRPO (hybrid reward, SSB)"]
+        rm = report["reward_model"]
+        assert rm["after"]["heldout"] is not None and "held-out pair accuracy" in (tmp_path / "report.md").read_text()
+        grpo = json.loads((tmp_path / "grpo" / "summary.json").read_text())
+        assert grpo["config"]["reward_model"] == json.loads((tmp_path / "rm" / "summary.json").read_text())["final"]
+        dpo = json.loads((tmp_path / "dpo" / "summary.json").read_text())
+        assert dpo["config"]["weights"] == [1.0, 0.0, 0.0]
+        assert report["stages"][3]["pass_at_k"] is not None and report["stages"][-1]["effective_ratio"] is not None
+    else:
+        assert names == ["assembled", "teacher (SFT)", "cold-start SFT", "RL first half (GRPO)", "RL last (GRPO)",
+                         "entropy-chosen checkpoint", "connector-only tune"]
+        sel = report["selection"]
+        assert [s["path"] for s in sel["scores"]] == [str(tmp_path / "grpo-1" / "final"),
+                                                     str(tmp_path / "grpo-2" / "final")]
+        assert report["stages"][5]["model"] == sel["chosen"]
+        assert "Checkpoint choice" in (tmp_path / "report.md").read_text()
+    assert report["verdicts"] and (tmp_path / "report.html").exists()
 
 
 @pytest.mark.slow
