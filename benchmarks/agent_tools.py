@@ -35,9 +35,11 @@ from pathlib import Path
 from rich.console import Console
 
 from r1v.agent.tools import default_registry
-from r1v.data.schema import Message
+from r1v.data.schema import Message, Row
+from r1v.data.stage_data import BadSamples, encode_rows
 from r1v.data.tool_tasks import CELL_NAMES, crop_box, generate_zoom_tasks, perception_samples
 from r1v.model.build import load_vlm
+from r1v.model.trainable import build_trainable
 from r1v.recipes.agent_sft import (
     AgentSFTConfig,
     agent_accuracy,
@@ -47,15 +49,8 @@ from r1v.recipes.agent_sft import (
     with_max_tiles,
 )
 from r1v.recipes.agent_sft import run as run_agent_sft
-from r1v.recipes.common import (
-    BadSamples,
-    Row,
-    build_trainable,
-    collate_groups,
-    encode_rows,
-    grouped_training_set,
-)
 from r1v.train import TrainConfig, sft_objective, train
+from r1v.train.grouping import collate_groups, grouped_training_set
 
 SHAPE_WORD = re.compile(r"\b(circle|square|triangle|star)s?\b", re.IGNORECASE)
 

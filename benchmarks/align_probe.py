@@ -50,12 +50,12 @@ def caption(task) -> str:
 
 
 def main() -> int:
+    from r1v.data.demo_tasks import rendered_rows, short_question
     from r1v.data.schema import Message, Sample
     from r1v.data.synthetic import generate_tasks
     from r1v.model.build import load_vlm
+    from r1v.model.trainable import apply_trainable
     from r1v.processing.processor import Processor
-    from r1v.recipes.common import apply_trainable
-    from r1v.recipes.demo_data import rendered_rows, short_question
     from r1v.train.loop import count_label_tokens, sft_loss
     from r1v.train.optim import param_groups
 

@@ -58,7 +58,7 @@ def smollm2_vlm():
     from transformers import AutoTokenizer, Qwen2ForCausalLM
 
     from r1v.assets import smollm2_dir
-    from r1v.model.build import VLM
+    from r1v.model.vlm import VLM
     from r1v.processing.spec import ProcessingSpec
 
     folder = smollm2_dir()

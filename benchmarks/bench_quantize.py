@@ -148,7 +148,8 @@ def child(args) -> dict:
     result["text_correct"] = [grade_text(r, s) for r, s in zip(replies, tasks, strict=True)]
     result["text_replies"] = replies
     if args.heldout:
-        from r1v.recipes.common import heldout_samples, judge
+        from r1v.data.stage_data import heldout_samples
+        from r1v.eval.generate import judge
 
         samples = heldout_samples(args.heldout, limit=args.items)
         judged = judge(vlm, samples, max_new_tokens=args.image_tokens)

@@ -5,7 +5,7 @@
    variable-length SFT samples (a sum worked out step by step inside `<think>`, 64..512 tokens, loss on
    the assistant tokens only), with the same batch size, max length, learning rate and step count.
    - ours: `r1v.train.train` + `sft_objective` (LM head and CE only at each row's label positions) on the
-     length-grouped micro-batches of `r1v.recipes.common.grouped_training_set` (the `sft` stage's batching).
+     length-grouped micro-batches of `r1v.train.grouping.grouped_training_set` (the `sft` stage's batching).
    - TRL: `SFTTrainer` at its defaults (gradient checkpointing ON, no length grouping, fused LM head over
      label positions, entropy/accuracy metrics, logging every 10 steps) except what must match: batch size,
      max_length, learning rate, max_steps, completion-only loss (the data is given pre-tokenised with a
@@ -50,10 +50,11 @@ from typing import Any
 
 import torch
 
+from r1v.processing.processor import IGNORE_INDEX
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmt_bytes, matmul_peak, peak_rss, reset_peak_rss, run_child, write_result  # noqa: E402
 
-IGNORE_INDEX = -100
 RESULT_TAG = "BENCH_RESULT "
 
 
@@ -152,8 +153,9 @@ class Recorder:
 
 def _our_train(model: Any, items: list[dict], processor: Any, args: argparse.Namespace, policy: str,
                out_dir: Path) -> Recorder:
-    from r1v.recipes.common import Encoded, collate_groups, grouped_training_set
+    from r1v.data.stage_data import Encoded
     from r1v.train import TrainConfig, sft_objective, train
+    from r1v.train.grouping import collate_groups, grouped_training_set
 
     cfg = TrainConfig(lr=args.lr, micro_batch_size=args.batch_size, max_steps=args.steps, device="cpu",
                       precision="fp32", policy=policy, out_dir=out_dir, report_to=["jsonl"], progress=False,
@@ -222,10 +224,11 @@ def child_vlm(args: argparse.Namespace) -> dict[str, Any]:
     """Train the smol VLM with `args.child` = vlm-<policy> on rendered `<think>` tasks in this process."""
     import warnings
 
+    from r1v.data.demo_tasks import synthetic_rows
+    from r1v.data.stage_data import BadSamples, encode_rows
     from r1v.model.build import build_preset
     from r1v.model.parts import apply_policy, count_params
     from r1v.processing.processor import Processor
-    from r1v.recipes.common import BadSamples, encode_rows, synthetic_rows
 
     policy = args.child.removeprefix("vlm-")
     with warnings.catch_warnings():

@@ -32,9 +32,9 @@ QUESTIONS = ["Explain why the sky is blue.", "Write a short story about a robot.
 def build(device: str, dtype: torch.dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from r1v.model.build import VLM
     from r1v.model.presets import get_preset
     from r1v.model.tokens import tiny_tokenizer
+    from r1v.model.vlm import VLM
 
     tok = tiny_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=576, intermediate_size=1536, num_hidden_layers=30,

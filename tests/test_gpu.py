@@ -57,8 +57,9 @@ def tiny_vlm():
 
 def tiny_text():
     """The tiny random Qwen2 CausalLM with its byte-level tokenizer, wrapped as a `VLM` for the engine."""
-    from r1v.model.build import VLM, load_llm
+    from r1v.model.build import load_llm
     from r1v.model.presets import get_preset
+    from r1v.model.vlm import VLM
 
     llm, tok = _quiet(load_llm, "tiny")
     return VLM(llm, tok, get_preset("tiny").spec, "tiny-llm")
@@ -68,9 +69,9 @@ def tiny_llama():
     """A tiny random Llama CausalLM (SmolLM2's architecture family) with the byte-level tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from r1v.model.build import VLM
     from r1v.model.presets import get_preset
     from r1v.model.tokens import tiny_tokenizer
+    from r1v.model.vlm import VLM
 
     tok = tiny_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -164,9 +165,10 @@ def _metrics(out: Path) -> list[dict]:
 
 
 def test_sft_bf16_on_gpu_lowers_the_loss_and_the_checkpoint_loads_on_cpu(tmp_path: Path) -> None:
+    from r1v.data.demo_tasks import synthetic_rows
     from r1v.model.build import load_vlm
+    from r1v.model.trainable import apply_trainable, export_fn
     from r1v.processing.processor import Processor
-    from r1v.recipes.common import apply_trainable, export_fn, synthetic_rows
     from r1v.train import TrainConfig, sft_objective, train
 
     vlm = tiny_vlm()
@@ -242,7 +244,7 @@ def lower_share(completion, columns):
 
 
 def test_grpo_steps_on_gpu_end_to_end(tmp_path: Path) -> None:
-    from r1v.recipes.common import apply_trainable
+    from r1v.model.trainable import apply_trainable
     from r1v.recipes.grpo import GRPOConfig, RewardItem, train_grpo
     from r1v.train import TrainConfig
 

@@ -5,6 +5,7 @@ Every writer of a report, a summary, a run file or a model folder goes through t
 
 - `atomic_write_text(path, text)` / `atomic_write_bytes(path, data)`: a temp file in the same folder,
   fsync, then `os.replace` onto `path`.
+- `write_summary(out_dir, summary)`: `out_dir/summary.json`, the same way.
 - `atomic_savefig(fig, path)`: a matplotlib figure as PNG, the same way.
 - `with atomic_dir(folder) as tmp:` write everything into `tmp`; when the block ends without an error,
   `tmp` takes the place of `folder` (an old `folder` is moved aside, then deleted); on an error `tmp` is
@@ -17,6 +18,7 @@ A path that cannot be written (a read-only folder, a file where a folder should 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -61,6 +63,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` (UTF-8) to `path` through a temp file in the same folder and an atomic rename."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_summary(out_dir: str | Path, summary: dict[str, Any]) -> Path:
+    """Write `out_dir/summary.json` (a run's summary, indented JSON) atomically."""
+    return atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def atomic_savefig(fig: Any, path: str | Path, dpi: int = 100) -> Path:

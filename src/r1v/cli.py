@@ -90,7 +90,7 @@ def convert(
             return
         if type_ is not None:
             raise R1VError(f"--type is for --to gguf or compressed-tensors, not --to {to}")
-        from r1v.model.released import convert as _convert
+        from r1v.model.build import convert as _convert
 
         _convert(src, dst, to=to)
     except R1VError as e:
@@ -293,6 +293,7 @@ def serve(
     tensor_parallel_size: Annotated[int, typer.Option(help="--engine vllm: GPUs per model.")] = 1,
     device: Annotated[str, typer.Option(help="Torch device for --engine transformers.")] = "cpu",
     quantize: Annotated[str | None, typer.Option(help="Quantise the LLM's weights for inference: int8 or int4 (bitsandbytes; the vision tower and connector stay full precision).")] = None,
+    drain_timeout: Annotated[float, typer.Option(help="On SIGTERM/Ctrl-C: stop accepting, let in-flight requests finish for up to this many seconds.")] = 60.0,
 ) -> None:
     """Serve a model with an OpenAI-compatible API (/v1/chat/completions) and a web chat page (/)."""
     from r1v.serve.app import ServeSettings
@@ -304,7 +305,8 @@ def serve(
                              allow_file_dir=allow_file_dir, cors_origins=[o for o in (cors_origin or []) if o])
     try:
         run_server(model=model, host=host, port=port, api_key=api_key, engine=engine, settings=settings,
-                   device=device, tensor_parallel_size=tensor_parallel_size, quantize=quantize)
+                   device=device, tensor_parallel_size=tensor_parallel_size, quantize=quantize,
+                   drain_timeout_s=drain_timeout)
     except R1VError as e:
         _fail(e)
 

@@ -19,8 +19,8 @@ from r1v.algos.prefix import (
 )
 from r1v.data.schema import Sample
 from r1v.model.build import build_preset
+from r1v.model.trainable import apply_trainable
 from r1v.processing.processor import Processor
-from r1v.recipes.common import apply_trainable
 from r1v.rollout.batch import RolloutItem, training_batch
 
 pytestmark = pytest.mark.numerics  # float tolerances: `make test-portable` reruns these

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+SHARED = Path(os.environ.get("R1V_SHARED_DATA", REPO.parent / "shared" / "data"))
 FAST = ["train.progress=false", "train.plots=false", "train.report_to=[jsonl]", "train.device=cpu"]
 
 # stage -> (yaml, overrides with {out}, resume override, artefacts relative to {out})
@@ -57,6 +58,11 @@ STAGES: dict[str, tuple[str, list[str], list[str], list[str]]] = {
                                                    "generation.max_think_tokens=8", "out={out}"], [],
                          ["data.jsonl"]),
     "pipeline": ("demo.yaml", ["scale=tiny", "out_dir={out}"], ["resume=true"], ["grpo/final", "sft/final"]),
+    # not a training stage: `r1v eval` (no config file) resumes from the items its run files hold
+    "eval": ("", ["--model", "tiny", "--benchmark", "k12", "--data", str(SHARED / "k12"), "--limit", "8",
+                  "--runs", "2", "--max-new-tokens", "6", "--max-tiles", "1", "--temperature", "0.6",
+                  "--batch-size", "2", "--out", "{out}"], [],
+             ["report.json", "report.md", "run_1.jsonl", "run_2.jsonl", "run_1.official.json"]),
 }
 FAST_KILLS = 1
 SLOW_KILLS = 3
@@ -65,6 +71,8 @@ SLOW_KILLS = 3
 def command(stage: str, out: Path, resume: bool) -> list[str]:
     yaml, overrides, resume_args, _ = STAGES[stage]
     args = [o.format(out=out) for o in overrides] + (resume_args if resume else [])
+    if not yaml:  # `r1v <stage> ARGS`, resumed by running the same command again
+        return [sys.executable, "-m", "r1v.cli", stage, *args]
     return [sys.executable, "-m", "r1v.cli", "train", stage, "--config", str(CONFIGS / yaml), *args]
 
 

@@ -11,10 +11,11 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer, InternVLForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
 
 from r1v.errors import ModelError
-from r1v.model.build import assemble, build_preset, load_vlm, save_model, set_ps_version, swap_llm
+from r1v.model.build import assemble, build_preset, load_vlm, save_model, swap_llm
 from r1v.model.parts import count_params
 from r1v.model.presets import TINY_TEXT
 from r1v.model.tokens import IMAGE_TOKENS, tiny_tokenizer
+from r1v.model.vlm import set_ps_version
 from r1v.processing.spec import IMG_CONTEXT
 
 # Recorded parameter counts (exact; the 38B presets are built on the meta device).

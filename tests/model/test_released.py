@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from transformers import InternVLForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
 
 from r1v.errors import ModelError
-from r1v.model.build import load_vlm
-from r1v.model.released import INDEX, convert, read_state
+from r1v.model.build import convert, load_vlm
+from r1v.model.released import INDEX, read_state
 from r1v.model.tokens import tiny_tokenizer
 
 pytestmark = pytest.mark.numerics  # float tolerances: `make test-portable` reruns these
@@ -199,7 +199,7 @@ def test_import_matches_reference_forward(tmp_path, case):
 
 def test_ps_v1_patch_matters(tmp_path):
     """Without r1v's v1 pixel shuffle the outputs differ: the patch is not a no-op."""
-    from r1v.model.build import set_ps_version
+    from r1v.model.vlm import set_ps_version
 
     src = write_released(tmp_path / "src", ps_version="v1")
     ids, pix = _inputs()

@@ -27,8 +27,8 @@ def run(out: Path, steps: int, fsdp: bool, beta: float, ssb: bool, resume: bool,
     from r1v.algos.ssb import SSBConfig
     from r1v.data.schema import Sample
     from r1v.model.build import build_preset
+    from r1v.model.trainable import apply_trainable
     from r1v.recipes import grpo
-    from r1v.recipes.common import apply_trainable
     from r1v.train import TrainConfig
 
     torch.set_num_threads(1)

@@ -12,10 +12,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_fixtures import fast_train, write_dataset  # noqa: E402
 
+from r1v.data.stage_data import read_stage_data  # noqa: E402
 from r1v.errors import ConfigError, ModelError  # noqa: E402
 from r1v.model.build import build_preset, load_vlm, save_model  # noqa: E402
 from r1v.recipes import load_stage_config, run_stage  # noqa: E402
-from r1v.recipes.common import read_stage_data  # noqa: E402
 from r1v.recipes.connector_tune import SelectConfig, candidate_folders, choose_checkpoint, step_of  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from r1v.algos.logprobs import completion_logits
 from r1v.algos.ssb import SSBConfig
 from r1v.data.schema import Sample
 from r1v.model.build import build_preset
-from r1v.recipes.common import apply_trainable
+from r1v.model.trainable import apply_trainable
 from r1v.recipes.grpo import GRPOConfig, RewardItem, build_reward, frozen_reference, score, train_grpo
 from r1v.rollout.batch import RolloutItem, training_batch
 from r1v.train import TrainConfig

@@ -14,11 +14,15 @@ from recipe_fixtures import fast_train, write_dataset  # noqa: E402
 
 import r1v.recipes.iterative_sft as it  # noqa: E402
 from r1v.cli import app  # noqa: E402
-from r1v.data.schema import Sample  # noqa: E402
+from r1v.data.schema import (
+    Row,  # noqa: E402
+    Sample,  # noqa: E402
+)
+from r1v.data.stage_data import BadSamples, Encoded  # noqa: E402
 from r1v.errors import DataError  # noqa: E402
+from r1v.eval.generate import Judged  # noqa: E402
 from r1v.model.build import load_vlm  # noqa: E402
 from r1v.recipes import run_stage  # noqa: E402
-from r1v.recipes.common import BadSamples, Encoded, Judged, Row  # noqa: E402
 from r1v.train.config import TrainConfig  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

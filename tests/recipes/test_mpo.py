@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,19 +16,12 @@ from numerics import assert_close_scaled, assert_same_update, params  # noqa: E4
 from recipe_fixtures import COLOURS, fast_train  # noqa: E402
 
 from r1v.cli import app  # noqa: E402
-from r1v.data.schema import Sample  # noqa: E402
+from r1v.data.pairs import read_pairs  # noqa: E402
 from r1v.errors import DataError  # noqa: E402
 from r1v.model.build import build_preset, load_vlm  # noqa: E402
 from r1v.processing.processor import Processor  # noqa: E402
 from r1v.recipes import run_stage  # noqa: E402
-from r1v.recipes.mpo import (  # noqa: E402
-    build_pairs,
-    collate_pairs,
-    encode_pair,
-    pair_logps,
-    read_pairs,
-    rule_verdicts,
-)
+from r1v.recipes.mpo import collate_pairs, encode_pair, pair_logps  # noqa: E402
 from r1v.rewards.reward_model import with_answer  # noqa: E402
 
 pytestmark = pytest.mark.numerics  # float tolerances: `make test-portable` reruns these
@@ -130,36 +122,6 @@ def test_resume_restores_the_bco_delta(tmp_path: Path) -> None:
     # a fresh delta would average only the resumed steps: make sure that differs, so the check has teeth
     rows = _metrics(tmp_path / "a")
     assert abs(rows[2]["delta"] - rows[0]["delta"]) > 1e-6
-
-
-def test_pairs_follow_the_rule_constraints_and_margin() -> None:
-    s = Sample.from_question("q", "What?", answer="4")
-    texts = ["good", "best", "wrong", "worst"]
-    v = [{"correct": True, "well_formed": True, "hallucinated": False}, {"correct": True, "well_formed": True,
-                                                                           "hallucinated": None},
-         {"correct": False, "well_formed": True, "hallucinated": False},
-         {"correct": True, "well_formed": True, "hallucinated": True}]
-    counts: Counter[str] = Counter()
-    pairs = build_pairs([s], [texts], [v], [[1.0, 2.0, 0.5, -1.0]], margin_threshold=0.0, pairs_per_prompt=2,
-                        counts=counts)
-    assert [(p.chosen, p.rejected) for p in pairs] == [("best", "worst"), ("good", "wrong")]
-    pairs = build_pairs([s], [texts], [v], [[1.0, 2.0, 0.5, -1.0]], margin_threshold=2.5, pairs_per_prompt=2,
-                        counts=counts)
-    assert [(p.chosen, p.rejected) for p in pairs] == [("best", "worst")] and counts["below_margin"] == 1
-    build_pairs([s], [["a", "b"]], [[v[2], v[3]]], [[0.0, 0.0]], margin_threshold=0.0, pairs_per_prompt=1,
-                counts=counts)
-    assert counts["no_good"] == 1
-
-    from r1v.data.synthetic import generate_tasks
-    task = next(t for t in generate_tasks(20, seed=0) if t.meta.get("family") == "count")
-    gold = task.answer
-    verdicts = rule_verdicts([task] * 3, [
-        f"<think>\nI count them.\n</think>\n\n\\boxed{{{gold}}}",
-        f"<think>\nThere are 17 red circles and 9 green squares.\n</think>\n\n\\boxed{{{gold}}}",
-        f"I think \\boxed{{{gold}}}"], [False, False, False])
-    assert verdicts[0] == {**verdicts[0], "correct": True, "well_formed": True, "hallucinated": False}
-    assert verdicts[1]["hallucinated"] and verdicts[2] == {**verdicts[2], "correct": True, "well_formed": False}
-    assert [x["rule_score"] for x in verdicts] == [2.0, 1.0, 1.0]
 
 
 def test_bad_pairs_name_file_record_and_field(tmp_path: Path) -> None:

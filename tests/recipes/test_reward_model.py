@@ -13,10 +13,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from recipe_fixtures import fast_train  # noqa: E402
 from test_mpo import write_pairs  # noqa: E402
 
+from r1v.data.pairs import read_pairs  # noqa: E402
 from r1v.errors import ConfigError  # noqa: E402
 from r1v.model.build import build_preset  # noqa: E402
 from r1v.recipes import load_stage_config, run_stage  # noqa: E402
-from r1v.recipes.mpo import read_pairs  # noqa: E402
 from r1v.recipes.reward_model import pair_accuracy  # noqa: E402
 from r1v.rewards.reward_model import RewardModel  # noqa: E402
 

@@ -1,9 +1,8 @@
-"""`r1v train sft` on the tiny preset: artefacts, which parts move, bad-sample policy, length grouping, CLI."""
+"""`r1v train sft` on the tiny preset: artefacts, which parts move, bad-sample policy, CLI."""
 
 from __future__ import annotations
 
 import json
-import random
 import re
 import sys
 from pathlib import Path
@@ -20,7 +19,6 @@ from r1v.errors import DataError  # noqa: E402
 from r1v.model.build import build_preset, load_vlm  # noqa: E402
 from r1v.model.parts import part_of  # noqa: E402
 from r1v.recipes import run_stage  # noqa: E402
-from r1v.recipes.common import length_grouped_batches, padding_share  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -72,21 +70,6 @@ def test_bad_samples_error_names_file_and_line_or_are_skipped_and_counted(tmp_pa
     assert any("record 3" in m and "max_seq_len 600" in m for m in bad["examples"])  # line 3 = sample s2
     assert any("record 9" in m and "malformed JSON" in m for m in bad["examples"])
     assert summary["samples"] == {**summary["samples"], "read": 7, "used": 6}
-
-
-def test_length_grouping_covers_every_sample_once_and_cuts_padding() -> None:
-    rng = random.Random(0)
-    lengths = [rng.randint(10, 500) for _ in range(200)]
-    grouped = length_grouped_batches(lengths, 4, seed=1, bucket_batches=8)
-    plain = length_grouped_batches(lengths, 4, seed=1, group=False)
-    for batches in (grouped, plain):
-        assert sorted(i for b in batches for i in b) == list(range(200))
-        assert all(len(b) == 4 for b in batches)
-    for start in range(0, 50, 8):  # within a bucket, longest first
-        flat = [lengths[i] for b in grouped[start:start + 8] for i in b]
-        assert flat == sorted(flat, reverse=True)
-    assert padding_share(lengths, grouped) < 0.5 * padding_share(lengths, plain)
-    assert grouped == length_grouped_batches(lengths, 4, seed=1, bucket_batches=8)  # deterministic
 
 
 def test_cli_runs_the_shipped_config_and_resumes(tmp_path: Path) -> None:

@@ -20,9 +20,10 @@ import torch
 
 
 def run(out: Path, micro: int, shard: bool, steps: int = 2, resume: bool = False, save_every: int = 0) -> None:
+    from r1v.data.demo_tasks import synthetic_rows
     from r1v.model.build import build_preset
+    from r1v.model.trainable import apply_trainable, export_fn
     from r1v.processing.processor import Processor
-    from r1v.recipes.common import apply_trainable, export_fn, synthetic_rows
     from r1v.train import TrainConfig, sft_objective, train
     from r1v.train.loop import setup_accelerator
     from r1v.train.state import is_sharded

@@ -144,3 +144,141 @@ def test_a_damaged_checkpoint_is_refused_before_anything_changes(tmp_path: Path,
     with pytest.raises(R1VError, match=pattern):
         load_checkpoint(ckpt, model=fresh, optimizer=opt2, scheduler=sched2)
     assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
+
+
+def _disk_full_at(monkeypatch: pytest.MonkeyPatch, which: str) -> None:
+    """Make the write of checkpoint file `which` fail the way it fails on a full disk, with the error type
+    its library really raises there (measured on a 64 KiB tmpfs): SafetensorError, torch's RuntimeError
+    from its zip writer, or OSError ENOSPC for plain files."""
+    import errno
+    import shutil
+
+    import safetensors.torch
+
+    import r1v.train.state as state_mod
+
+    real_torch_save, real_st_save, real_write_text = torch.save, safetensors.torch.save_file, Path.write_text
+
+    def torch_save(obj, f, *a, **k):
+        if which == Path(f).name:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+        return real_torch_save(obj, f, *a, **k)
+
+    def st_save(tensors, filename, *a, **k):
+        if which == Path(filename).name:
+            raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_st_save(tensors, filename, *a, **k)
+
+    def write_text(self, *a, **k):
+        if which == self.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_write_text(self, *a, **k)
+
+    monkeypatch.setattr(torch, "save", torch_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", st_save)
+    monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(state_mod.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 0))
+
+
+@pytest.mark.parametrize("which", ["trainable.safetensors", "optimizer.pt", "state.json", "rank-0.pt"])
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               which: str) -> None:
+    from r1v.errors import OutputError
+
+    cfg = TrainConfig(device="cpu")
+    model, opt, sched = _parts(cfg)
+    first = save_checkpoint(tmp_path, TrainState(step=1, step_in_epoch=1), model=model, optimizer=opt,
+                            scheduler=sched, keep_last=1)
+    saved = {k: v.clone() for k, v in load_file(str(first / "trainable.safetensors")).items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    with monkeypatch.context() as m:
+        _disk_full_at(m, which)
+        with pytest.raises(OutputError) as err:
+            save_checkpoint(tmp_path, TrainState(step=2, step_in_epoch=2), model=model, optimizer=opt,
+                            scheduler=sched, keep_last=1)
+    message = str(err.value)
+    assert "step-00000002: cannot write the checkpoint" in message and "No space left on device" in message
+    assert f"stays {first}" in message and "resume" in message
+    # nothing half-written is left, and the previous checkpoint is still the newest, whole and loadable
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000001"]
+    assert latest_checkpoint(tmp_path) == first
+    fresh, opt2, sched2 = _parts(cfg)
+    assert load_checkpoint(first, model=fresh, optimizer=opt2, scheduler=sched2).step == 1
+    for name, p in fresh.named_parameters():
+        assert torch.equal(p, saved[name])
+
+
+def test_a_full_disk_on_a_real_small_filesystem(tmp_path: Path) -> None:
+    """The same on a real full disk: a 1 MiB tmpfs holding the first checkpoint of the tiny model and a
+    filler file that leaves room for half of a second one. Needs a machine where the test may mount a tmpfs
+    (root); elsewhere the simulated test above stands in for it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    from r1v.errors import OutputError
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    probe = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {probe.stderr.decode().strip()}")
+    try:
+        cfg = TrainConfig(device="cpu")
+        model, opt, sched = _parts(cfg)
+        first = save_checkpoint(disk, TrainState(step=1), model=model, optimizer=opt, scheduler=sched, keep_last=5)
+        used = sum(f.stat().st_size for f in first.rglob("*") if f.is_file())
+        filler = disk / "filler.bin"  # leave less room than a second checkpoint needs
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        filler.write_bytes(b"\0" * max(0, free - used // 2))
+        with pytest.raises(OutputError, match="No space left on device"):
+            save_checkpoint(disk, TrainState(step=2), model=model, optimizer=opt, scheduler=sched, keep_last=5)
+        assert sorted(p.name for p in (disk / "checkpoints").iterdir()) == ["step-00000001"]
+        fresh, opt2, sched2 = _parts(cfg)
+        assert load_checkpoint(first, model=fresh, optimizer=opt2, scheduler=sched2).step == 1
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_stops_r1v_train_with_one_line_and_resume_finishes_the_run(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`r1v train sft` whose second save hits a full disk: exit 2, one `error:` line naming the checkpoint,
+    the first checkpoint kept; rerun with train.resume=true (disk freed) ends with the uninterrupted run's weights."""
+    from typer.testing import CliRunner
+
+    from r1v.cli import app
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    args = ["train", "sft", "--config", str(configs / "sft.yaml"), "data=synthetic:16", "eval_data=null",
+            "train.max_steps=4", "train.save_every=2", "train.micro_batch_size=2", "train.progress=false",
+            "train.plots=false", "train.report_to=[jsonl]", "train.device=cpu"]
+    whole = CliRunner().invoke(app, [*args, f"train.out_dir={tmp_path / 'whole'}"])
+    assert whole.exit_code == 0, whole.output
+    out = tmp_path / "full"
+    real_save = torch.save
+
+    def save(obj, f, *a, **k):
+        if "step-00000004" in str(f) and Path(f).name == "optimizer.pt":
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+        return real_save(obj, f, *a, **k)
+
+    import shutil
+
+    import r1v.train.state as state_mod
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", save)
+        m.setattr(state_mod.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 0))
+        failed = CliRunner().invoke(app, [*args, f"train.out_dir={out}"])
+    assert failed.exit_code == 2, failed.output
+    lines = [x for x in failed.stderr.splitlines() if x.startswith("error")]
+    assert failed.exception is None or isinstance(failed.exception, SystemExit)
+    assert len(lines) == 1 and "step-00000004" in lines[0] and "Traceback" not in failed.output, failed.stderr
+    assert "No space left on device" in lines[0] and "step-00000002" in lines[0]
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000002"]
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    resumed = CliRunner().invoke(app, [*args, f"train.out_dir={out}", "train.resume=true"])
+    assert resumed.exit_code == 0, resumed.output
+    a = load_file(str(next((tmp_path / "whole" / "final").rglob("*.safetensors"))))
+    b = load_file(str(next((out / "final").rglob("*.safetensors"))))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,4 +1,5 @@
-"""The single currency of r1v data: `Sample`, `PreferencePair`, `Trajectory`.
+"""The single currency of r1v data: `Sample` (and `Row`, a sample with its file and record), `PreferencePair`,
+`Trajectory`.
 
 Every reader (JSONL, parquet, benchmark files, rendered tasks) turns its format into these records;
 the processor, rollouts, rewards and eval all read them. Images are references (paths or PIL images),
@@ -79,6 +80,15 @@ def image_ref_name(ref: Any) -> str:
     if isinstance(ref, (str, Path)):
         return str(ref)
     return getattr(ref, "filename", None) or type(ref).__name__
+
+
+@dataclass
+class Row:
+    """A sample and where it came from (file and line/record), for error messages."""
+
+    sample: Sample
+    source: str
+    record: int | str
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Build, load, assemble and save vision-language models on transformers' InternVL classes.
 
-A `VLM` bundles the `InternVLForConditionalGeneration` model, its tokenizer (with `<img>`, `</img>`,
+A `VLM` (`r1v.model.vlm`) bundles the `InternVLForConditionalGeneration` model, its tokenizer (with `<img>`, `</img>`,
 `<IMG_CONTEXT>`), the `ProcessingSpec` the processor needs, and a name. Sources:
 
 - `build_preset(name)`: a preset from `presets.py` (`meta` device for shapes only).
@@ -9,17 +9,15 @@ A `VLM` bundles the `InternVLForConditionalGeneration` model, its tokenizer (wit
 - `assemble(vision, llm)`: a vision checkpoint + a separate LLM checkpoint + a connector (the R1V thesis).
 - `swap_llm(vlm, llm)`: keep the vision tower and connector, replace the LLM (R1V's efficient transfer).
 
-`save_model` writes a folder plain `InternVLForConditionalGeneration.from_pretrained` loads, plus `r1v.json`.
+`save_model` writes a folder plain `InternVLForConditionalGeneration.from_pretrained` loads, plus `r1v.json`;
+`convert` rewrites a folder into the transformers or the released layout.
 """
 
 from __future__ import annotations
 
 import json
-import types
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,13 +36,22 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
-from transformers.models.internvl.modeling_internvl import InternVLModel, InternVLMultiModalProjector
+from transformers.models.internvl.modeling_internvl import InternVLMultiModalProjector
 
-from r1v.atomic import atomic_dir
-from r1v.errors import ModelError, OutputError
+from r1v.errors import ModelError
 from r1v.model import released
 from r1v.model.presets import PRESETS, TINY_TEXT, get_preset
 from r1v.model.tokens import add_image_tokens, single_token_id, tiny_tokenizer
+from r1v.model.vlm import (
+    VLM,
+    check_weights,
+    first_int,
+    guess_template,
+    load_tokenizer,
+    model_folder,
+    read_folder_json,
+    set_ps_version,
+)
 from r1v.processing.spec import IMG_CONTEXT, ProcessingSpec
 
 R1V_JSON = "r1v.json"
@@ -56,46 +63,6 @@ TEMPLATE_MARKERS: dict[str, tuple[str, ...]] = {
     "r1v3": ("<|im_start|>", "<|im_end|>"),
     "chatml": ("<|im_start|>", "<|im_end|>"),
 }
-
-
-@dataclass
-class VLM:
-    """A model with everything needed to use it. `tokenizer` is None only for the 38B shape presets."""
-
-    model: InternVLForConditionalGeneration
-    tokenizer: PreTrainedTokenizerBase | None
-    spec: ProcessingSpec
-    name: str
-    provenance: dict = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------- pixel shuffle
-
-def _pixel_shuffle_v1(self: InternVLModel, vision_features: torch.Tensor, scale_factor: float = 0.5) -> torch.Tensor:
-    """InternVL's ps_version 'v1': like transformers' (v2) but without the final height/width swap,
-    so the 2x2-merged tokens of a tile come out column-major instead of row-major."""
-    n, w, h, c = vision_features.size()
-    x = vision_features.view(n, w, int(h * scale_factor), int(c / scale_factor))
-    x = x.permute(0, 2, 1, 3).contiguous()
-    return x.view(n, int(h * scale_factor), int(w * scale_factor), int(c / (scale_factor * scale_factor)))
-
-
-def set_ps_version(model: torch.nn.Module, version: str) -> None:
-    """Make the loaded model's pixel shuffle follow `version` ('v2' = transformers' own; 'v1' patched).
-
-    The patch is an instance attribute on the inner `InternVLModel`; it is not saved with the weights,
-    so r1v records ps_version in `r1v.json` and re-applies it in `load_vlm`.
-    """
-    if version not in ("v1", "v2"):
-        raise ModelError(f"ps_version must be 'v1' or 'v2', got {version!r}")
-    inner = [m for m in model.modules() if isinstance(m, InternVLModel)]
-    if not inner:
-        raise ModelError("set_ps_version: no InternVLModel inside this model")
-    for m in inner:
-        if version == "v1":
-            m.pixel_shuffle = types.MethodType(_pixel_shuffle_v1, m)
-        elif "pixel_shuffle" in m.__dict__:
-            del m.pixel_shuffle
 
 
 # ---------------------------------------------------------------------------------------------- presets
@@ -148,17 +115,13 @@ def _build_smol(device: str, dtype: torch.dtype | None) -> VLM:
         text = tcfg.to_dict()
         text["vocab_size"] = max(tcfg.vocab_size, len(tok))
         config = _internvl_config(vcfg.to_dict(), text, 0.5, tok.convert_tokens_to_ids(IMG_CONTEXT))
-        spec = replace(get_preset("smol").spec, tile_size=_first(vcfg.image_size), patch_size=_first(vcfg.patch_size))
+        spec = replace(get_preset("smol").spec, tile_size=first_int(vcfg.image_size), patch_size=first_int(vcfg.patch_size))
         return VLM(_instantiate(config, "meta", dtype), tok, spec, "smol", prov)
     if tower_dir is None:
         warnings.warn("no pretrained small vision tower found (run `r1v assets`); using a random one", stacklevel=2)
     vlm = assemble(str(tower_dir) if tower_dir else "smol-random-vision", str(llm_dir))
     vlm = replace(vlm, name="smol", spec=replace(vlm.spec, template="chatml"), provenance=prov)
     return _to(vlm, device, dtype)
-
-
-def _first(v) -> int:
-    return int(v[0]) if isinstance(v, (list, tuple)) else int(v)
 
 
 def _to(vlm: VLM, device: str, dtype: torch.dtype | None) -> VLM:
@@ -170,70 +133,6 @@ def _to(vlm: VLM, device: str, dtype: torch.dtype | None) -> VLM:
 
 
 # ---------------------------------------------------------------------------------------------- folders
-
-def read_folder_json(path: Path) -> dict:
-    """A JSON object file of a model folder (config.json, r1v.json, ...); ModelError naming it otherwise."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: missing") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise ModelError(f"{path}: cannot read ({e.strerror or e})") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-WEIGHTS_INDEX = "model.safetensors.index.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
-
-
-def check_weights(folder: Path) -> list[Path]:
-    """The safetensors files of a model folder, each checked to be present with a readable header.
-
-    A truncated or damaged file is found here, with its name, instead of deep inside `from_pretrained`.
-    Folders holding only `pytorch_model.bin` pass unchecked (transformers reads them).
-    """
-    from safetensors import SafetensorError, safe_open
-
-    folder = Path(folder)
-    index = folder / WEIGHTS_INDEX
-    if index.is_file():
-        weight_map = read_folder_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ModelError(f"{index}: no 'weight_map' {{tensor: shard file}}")
-        files = [folder / name for name in sorted(set(map(str, weight_map.values())))]
-        for f in files:
-            if not f.is_file():
-                raise ModelError(f"{index}: shard {f.name} is missing")
-    elif (folder / "model.safetensors").is_file():
-        files = [folder / "model.safetensors"]
-    elif (folder / "pytorch_model.bin").is_file() or (folder / "pytorch_model.bin.index.json").is_file():
-        return []
-    else:
-        raise ModelError(f"{folder}: no weights (model.safetensors or {WEIGHTS_INDEX})")
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as handle:
-                handle.keys()
-        except (SafetensorError, OSError) as e:
-            raise ModelError(f"{f}: corrupt or truncated safetensors file ({e})") from None
-    return files
-
-
-def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
-    """The tokenizer of a model folder; a folder without tokenizer files is refused (transformers would
-    otherwise build an empty tokenizer from the config alone)."""
-    folder = Path(folder)
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise ModelError(f"{folder}: no usable tokenizer (none of {', '.join(TOKENIZER_FILES)})")
-    try:
-        return AutoTokenizer.from_pretrained(folder)
-    except Exception as e:  # noqa: BLE001 - a damaged tokenizer file raises many types
-        raise ModelError(f"{folder}: no usable tokenizer ({type(e).__name__}: {e})") from None
-
 
 def hf_config(folder: Path) -> PretrainedConfig:
     """`AutoConfig` of a transformers folder; a config transformers rejects is a ModelError naming it."""
@@ -275,13 +174,6 @@ def folder_kind(path: Path) -> str:
     raise ModelError(f"{path}/config.json: unrecognised model (model_type={mtype!r}, architectures={archs})")
 
 
-def guess_template(tokenizer: PreTrainedTokenizerBase | None) -> str:
-    """'r1v' for DeepSeek-R1-distill tokenizers, else 'chatml'."""
-    if tokenizer is not None and single_token_id(tokenizer, "<｜Assistant｜>") is not None:
-        return "r1v"
-    return "chatml"
-
-
 def load_vlm(target: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None,
              quantize: str | None = None) -> VLM:
     """Load a preset name or a model folder (ours, plain transformers InternVL, or released layout).
@@ -313,8 +205,8 @@ def load_vlm(target: str | Path, *, device: str = "cpu", dtype: torch.dtype | No
         spec, name, prov = _spec(meta.get("spec", {}), path / R1V_JSON), meta.get("name", path.name), meta.get("provenance", {})
     else:
         v = model.config.vision_config
-        spec = ProcessingSpec(template=guess_template(tokenizer), tile_size=_first(v.image_size),
-                              patch_size=_first(v.patch_size), downsample_ratio=model.config.downsample_ratio)
+        spec = ProcessingSpec(template=guess_template(tokenizer), tile_size=first_int(v.image_size),
+                              patch_size=first_int(v.patch_size), downsample_ratio=model.config.downsample_ratio)
         name, prov = path.name, {"source": str(path)}
     if spec.ps_version == "v1":
         set_ps_version(model, "v1")
@@ -357,24 +249,6 @@ def save_model(vlm: VLM, out_dir: str | Path, *, max_shard_size: str = "5GB") ->
             vlm.tokenizer.save_pretrained(tmp)
         (tmp / R1V_JSON).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return out
-
-
-@contextmanager
-def model_folder(out: str | Path) -> Iterator[Path]:
-    """Write a model folder atomically (`r1v.atomic.atomic_dir`): the block fills an empty temp folder that
-    replaces `out` when it succeeds. `out` may be absent, empty, or an earlier model folder (it is replaced
-    whole); a folder holding anything else is refused rather than deleted. Unwritable paths: OutputError."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: cannot write a model folder there (it is a file)")
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise OutputError(f"{out}: exists and is not a model folder (no config.json); refusing to replace "
-                          "its files; choose an empty or new folder")
-    try:
-        with atomic_dir(out) as tmp:
-            yield tmp
-    except OSError as e:  # a writer inside the block (save_pretrained, safetensors) failed, e.g. a full disk
-        raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
 
 
 # ---------------------------------------------------------------------------------------------- parts
@@ -485,7 +359,7 @@ def _compose(tower, ratio: float, ps_version: str, llm, tok, name: str, template
         raise ModelError("internal: parts left on the meta device after assembly")
     model.eval()
     v = tower.config
-    spec = ProcessingSpec(template=template, tile_size=_first(v.image_size), patch_size=_first(v.patch_size),
+    spec = ProcessingSpec(template=template, tile_size=first_int(v.image_size), patch_size=first_int(v.patch_size),
                           downsample_ratio=ratio, ps_version=ps_version)
     if ps_version == "v1":
         set_ps_version(model, "v1")
@@ -540,3 +414,20 @@ def swap_llm(vlm: VLM, llm: str | Path, *, template: str | None = None) -> VLM:
                    vlm.name, tmpl, proj, prov)
     new.spec = replace(vlm.spec, template=tmpl)
     return new
+
+
+def convert(src: str | Path, dst: str | Path, to: str = "hf", max_shard_bytes: int = 5 * 1024**3) -> Path:
+    """Convert a model folder: `to='hf'` (transformers InternVL + r1v.json) or `to='released'`."""
+    if to not in ("hf", "released"):
+        raise ModelError(f"--to must be 'hf', 'released', 'gguf' or 'compressed-tensors', got {to!r}")
+    vlm = load_vlm(src)
+    if to == "released":
+        return released.export_released(vlm, dst, max_shard_bytes)
+    if vlm.spec.ps_version == "v1":
+        raise ModelError(
+            f"{src}: ps_version 'v1' cannot be converted to the plain transformers layout: transformers' "
+            "InternVL always applies the v2 pixel shuffle, which orders each tile's image tokens row-major "
+            "where v1 orders them column-major, so plain transformers would compute different outputs. No "
+            "weight-only rewrite fixes this (the order follows the image content). Load the folder with "
+            "r1v.model.load_vlm (which patches the shuffle) or keep it in the released layout.")
+    return save_model(vlm, dst, max_shard_size=f"{max(1, max_shard_bytes // 1024**2)}MB")

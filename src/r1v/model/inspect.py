@@ -18,8 +18,9 @@ LORA_RANK = 16
 
 
 def _meta_model(target: str) -> tuple[torch.nn.Module, str]:
-    from r1v.model.build import build_preset, folder_kind, hf_config, read_folder_json
+    from r1v.model.build import build_preset, folder_kind, hf_config
     from r1v.model.released import config_to_hf
+    from r1v.model.vlm import read_folder_json
 
     path = Path(target)
     if not path.exists():

@@ -34,6 +34,16 @@ from transformers.utils import logging as hf_logging
 
 from r1v.errors import ModelError
 from r1v.model.tokens import add_image_tokens
+from r1v.model.vlm import (
+    VLM,
+    check_weights,
+    first_int,
+    guess_template,
+    load_tokenizer,
+    model_folder,
+    read_folder_json,
+    set_ps_version,
+)
 from r1v.processing.spec import IMG_CONTEXT, ProcessingSpec
 
 INDEX = "model.safetensors.index.json"
@@ -166,8 +176,6 @@ def read_state(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a folder: `model.safetensors.index.json` shards or a single `model.safetensors`."""
     from safetensors import SafetensorError
 
-    from r1v.model.build import check_weights
-
     folder = Path(folder)
     files = check_weights(folder)  # names a missing shard or a damaged header
     if not files:
@@ -232,14 +240,10 @@ def vision_config_to_released(v: InternVLVisionConfig) -> dict:
         "architectures": ["InternVisionModel"], "model_type": "intern_vit_6b",
         "hidden_size": v.hidden_size, "num_hidden_layers": v.num_hidden_layers,
         "num_attention_heads": v.num_attention_heads, "intermediate_size": v.intermediate_size,
-        "image_size": _first(v.image_size), "patch_size": _first(v.patch_size), "num_channels": v.num_channels,
+        "image_size": first_int(v.image_size), "patch_size": first_int(v.patch_size), "num_channels": v.num_channels,
         "qkv_bias": v.attention_bias, "qk_normalization": v.use_qk_norm, "norm_type": v.norm_type,
         "layer_norm_eps": v.layer_norm_eps, "hidden_act": v.hidden_act,
     }
-
-
-def _first(v) -> int:
-    return int(v[0]) if isinstance(v, (list, tuple)) else int(v)
 
 
 def template_from_released(name: str | None, tokenizer=None) -> str:
@@ -252,8 +256,6 @@ def template_from_released(name: str | None, tokenizer=None) -> str:
         return "r1v"
     if name in ("chatml",):
         return "chatml"
-    from r1v.model.build import guess_template
-
     return guess_template(tokenizer)
 
 
@@ -290,7 +292,7 @@ def config_to_hf(cfg: dict, image_token_id: int, src: str = "config.json") -> tu
     dynamic = bool(cfg.get("dynamic_image_size", True))
     spec = ProcessingSpec(
         template=template_from_released(cfg.get("template")),
-        tile_size=int(cfg.get("force_image_size") or _first(vision.image_size)), patch_size=_first(vision.patch_size),
+        tile_size=int(cfg.get("force_image_size") or first_int(vision.image_size)), patch_size=first_int(vision.patch_size),
         downsample_ratio=ratio, min_tiles=int(cfg.get("min_dynamic_patch", 1)),
         max_tiles=int(cfg.get("max_dynamic_patch", 12)) if dynamic else 1,
         use_thumbnail=bool(cfg.get("use_thumbnail", True)), ps_version=cfg.get("ps_version", "v1"),
@@ -337,15 +339,11 @@ def config_to_released(config: InternVLConfig, spec: ProcessingSpec, base: dict 
 # ---------------------------------------------------------------------------------------------- folders
 
 def _read_config(folder: Path) -> dict:
-    from r1v.model.build import read_folder_json
-
     return read_folder_json(Path(folder) / "config.json")
 
 
 def load_released(folder: str | Path, dtype: torch.dtype | None = None):
     """A released remote-code folder as a `VLM` (weights renamed in memory; ps_version v1 patched)."""
-    from r1v.model.build import VLM, load_tokenizer, set_ps_version
-
     folder = Path(folder)
     cfg = _read_config(folder)
     verbosity = hf_logging.get_verbosity()
@@ -397,8 +395,6 @@ def load_released_vision(folder: str | Path) -> _VisionModel:
 
 def export_released(vlm, dst: str | Path, max_shard_bytes: int = 5 * 1024**3) -> Path:
     """Write `vlm` in the released layout (config.json, shards + index, tokenizer). No modeling code."""
-    from r1v.model.build import model_folder
-
     dst = Path(dst)
     model = vlm.model
     if any(p.is_meta for p in model.parameters()):
@@ -413,22 +409,3 @@ def export_released(vlm, dst: str | Path, max_shard_bytes: int = 5 * 1024**3) ->
         if vlm.tokenizer is not None:
             vlm.tokenizer.save_pretrained(tmp)
     return dst
-
-
-def convert(src: str | Path, dst: str | Path, to: str = "hf", max_shard_bytes: int = 5 * 1024**3) -> Path:
-    """Convert a model folder: `to='hf'` (transformers InternVL + r1v.json) or `to='released'`."""
-    from r1v.model.build import load_vlm, save_model
-
-    if to not in ("hf", "released"):
-        raise ModelError(f"--to must be 'hf', 'released', 'gguf' or 'compressed-tensors', got {to!r}")
-    vlm = load_vlm(src)
-    if to == "released":
-        return export_released(vlm, dst, max_shard_bytes)
-    if vlm.spec.ps_version == "v1":
-        raise ModelError(
-            f"{src}: ps_version 'v1' cannot be converted to the plain transformers layout: transformers' "
-            "InternVL always applies the v2 pixel shuffle, which orders each tile's image tokens row-major "
-            "where v1 orders them column-major, so plain transformers would compute different outputs. No "
-            "weight-only rewrite fixes this (the order follows the image content). Load the folder with "
-            "r1v.model.load_vlm (which patches the shuffle) or keep it in the released layout.")
-    return save_model(vlm, dst, max_shard_size=f"{max(1, max_shard_bytes // 1024**2)}MB")

@@ -46,24 +46,18 @@ from rich.console import Console
 
 from r1v.agent.loop import AgentTrajectory, ScriptedPolicy, default_params, run_episodes
 from r1v.agent.tools import ToolRegistry, default_registry
+from r1v.atomic import write_summary
 from r1v.config import to_dict
-from r1v.data.schema import Sample
+from r1v.data.schema import Row, Sample
+from r1v.data.stage_data import BadSamples, encode_rows
 from r1v.data.tool_tasks import FLAWS, expert_script, generate_zoom_tasks, look_tasks, perception_samples
 from r1v.errors import ConfigError
-from r1v.recipes.common import (
-    BadSamples,
-    Row,
-    build_trainable,
-    collate_groups,
-    encode_rows,
-    export_fn,
-    grouped_training_set,
-    print_table,
-    save_vlm,
-    write_summary,
-)
+from r1v.model.trainable import build_trainable, export_fn, save_vlm
+from r1v.processing.processor import IGNORE_INDEX
+from r1v.tables import print_table
 from r1v.train import TrainConfig, sft_objective, train
-from r1v.train.loop import IGNORE_INDEX, LossOutput, Objective, model_inputs
+from r1v.train.grouping import collate_groups, grouped_training_set
+from r1v.train.loop import LossOutput, Objective, model_inputs
 
 _CROP = re.compile(r"\.crop\s*\(")
 PERCEPTION_FORMS = ("observation", "plain", "both")

@@ -22,25 +22,16 @@ from pathlib import Path
 
 from rich.console import Console
 
+from r1v.atomic import write_summary
 from r1v.config import to_dict
+from r1v.data.stage_data import BadSamplePolicy, BadSamples, encode_rows, heldout_samples, read_stage_data
 from r1v.errors import ConfigError
+from r1v.eval.generate import heldout_accuracy
 from r1v.model.build import assemble, swap_llm
-from r1v.recipes.common import (
-    BadSamplePolicy,
-    BadSamples,
-    apply_trainable,
-    collate_groups,
-    encode_rows,
-    export_fn,
-    grouped_training_set,
-    heldout_accuracy,
-    heldout_samples,
-    print_table,
-    read_stage_data,
-    save_vlm,
-    write_summary,
-)
+from r1v.model.trainable import apply_trainable, export_fn, save_vlm
+from r1v.tables import print_table
 from r1v.train import TrainConfig, sft_objective, train
+from r1v.train.grouping import collate_groups, grouped_training_set
 
 
 @dataclass

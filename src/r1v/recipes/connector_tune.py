@@ -32,12 +32,13 @@ import torch
 from rich.console import Console
 
 from r1v.algos.entropy import critical_token_entropy, select_checkpoint, token_entropy
+from r1v.atomic import write_summary
 from r1v.data.schema import Sample
 from r1v.data.sources import atomic_write_text
 from r1v.errors import ConfigError, ModelError
 from r1v.recipes import sft
-from r1v.recipes.common import print_table, write_summary
 from r1v.recipes.sft import SFTConfig
+from r1v.tables import print_table
 from r1v.train import TrainConfig
 
 STEP_RE = re.compile(r"step-(\d+)")
@@ -174,7 +175,7 @@ def choose_checkpoint(entries: Sequence[str | Path], samples: Sequence[Sample], 
 
 def run(cfg: ConnectorTuneConfig, console: Console | None = None) -> dict:
     """Select a checkpoint (optional), then SFT the connector only; returns the summary."""
-    from r1v.recipes.common import read_stage_data
+    from r1v.data.stage_data import read_stage_data
 
     console = console or Console()
     out = cfg.train.out_dir

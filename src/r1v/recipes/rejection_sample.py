@@ -17,7 +17,7 @@ The whole algorithm: for every prompt the teacher (a local model, or an OpenAI-c
 Each failure is counted under the first filter it fails (`summary.json`: `filtered`), so the counts add up
 to k x prompts. Kept completions become SFT samples (`data.jsonl`) whose assistant turn is
 `<think>\\n...\\n</think>\\n\\n... \\boxed{..}`. Bad input (malformed lines, missing images, missing gold,
-over-long prompts) follows `on_bad_sample` through `r1v.recipes.common` (as in every stage).
+over-long prompts) follows `on_bad_sample` through `r1v.data.stage_data` (as in every stage).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from typing import Any
 from r1v.config import to_dict
 from r1v.data.schema import Message
 from r1v.data.sources import atomic_write_text, write_jsonl
+from r1v.data.stage_data import BadSamples, PromptStageConfig, check_prompts, read_prompts
 from r1v.errors import ConfigError, DataError
-from r1v.recipes.common import BadSamples, PromptStageConfig, check_prompts, read_prompts
 from r1v.recipes.distill import (
     EndpointTeacher,
     GenerationConfig,

@@ -28,11 +28,14 @@ from rich.console import Console
 from torch import nn
 
 from r1v.algos.losses import bradley_terry_loss
+from r1v.atomic import write_summary
 from r1v.config import to_dict
+from r1v.data.pairs import PairRow, filter_pairs, read_pairs
+from r1v.data.stage_data import BadSamplePolicy, BadSamples
 from r1v.errors import ConfigError, DataError, R1VError
-from r1v.recipes.common import BadSamplePolicy, BadSamples, apply_trainable, print_table, write_summary
-from r1v.recipes.mpo import PairRow, filter_pairs, read_pairs
+from r1v.model.trainable import apply_trainable
 from r1v.rewards.reward_model import RewardModel, last_answer_index, with_answer
+from r1v.tables import print_table
 from r1v.train import LossOutput, Objective, TrainConfig, train
 
 RM_POLICIES = ("connector+llm", "connector")

@@ -1,7 +1,7 @@
 """Rewards by name or by plug-in file, and weighted combinations of them.
 
 A spec is either a built-in name (`"accuracy"`, `"format"`, `"length"`, `"repetition"`, `"hybrid"`,
-`"r1v"`), a plug-in `"path/to/file.py:function"` (loaded from the file with importlib; the function
+`"r1v"`), a plug-in `"path/to/file.py:function"` (loaded by `r1v.plugins.load_callable`; the function
 has the reward signature `fn(completion: str, columns: dict) -> dict[str, float] | float`), or a
 callable. Keyword parameters given to `get_reward` are bound to the function (`get_reward("length",
 max_tokens=4096)`). Every reward returned here gives a dict with "overall"; a plug-in returning a plain
@@ -15,14 +15,12 @@ whose "overall" is the weighted sum and whose parts are `<name>` (that reward's 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import inspect
-import sys
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from r1v.errors import ConfigError, R1VError
+from r1v.plugins import load_callable
 from r1v.rewards import rules
 from r1v.rewards.rules import Parts, RewardFn
 
@@ -42,34 +40,6 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
         REWARDS[name] = fn
         return fn
     return add
-
-
-def _load_plugin(spec: str) -> Callable[..., Any]:
-    path_s, _, func_name = spec.rpartition(":")
-    path = Path(path_s).expanduser()
-    if not func_name or not path_s:
-        raise R1VError(f"reward plug-in {spec!r}: expected 'path/file.py:function'")
-    if not path.is_file():
-        raise R1VError(f"reward plug-in {spec!r}: file {path} not found")
-    mod_name = f"r1v_reward_plugin_{abs(hash(str(path.resolve())))}"
-    mod_spec = importlib.util.spec_from_file_location(mod_name, path)
-    if mod_spec is None or mod_spec.loader is None:
-        raise R1VError(f"reward plug-in {spec!r}: {path} cannot be imported as a Python file")
-    module = importlib.util.module_from_spec(mod_spec)
-    sys.modules[mod_name] = module  # lets the plug-in pickle its own functions / dataclasses
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(mod_name, None)
-        raise R1VError(f"reward plug-in {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    fn = getattr(module, func_name, None)
-    if fn is None:
-        known = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise R1VError(f"reward plug-in {spec!r}: {path} has no function {func_name!r} (it defines: "
-                       f"{', '.join(known) or 'nothing callable'})")
-    if not callable(fn):
-        raise R1VError(f"reward plug-in {spec!r}: {func_name!r} in {path} is not a function")
-    return fn
 
 
 def _checked(fn: Callable[..., Any], name: str) -> RewardFn:
@@ -92,7 +62,7 @@ def get_reward(spec: str | Callable[..., Any], **params: Any) -> RewardFn:
     elif isinstance(spec, str) and spec in REWARDS:
         fn, name = REWARDS[spec], spec
     elif isinstance(spec, str) and ":" in spec:
-        fn, name = _load_plugin(spec), spec
+        fn, name = load_callable(spec, "reward plug-in"), spec
     else:
         raise ConfigError(f"unknown reward {spec!r}: use one of {', '.join(sorted(REWARDS))} "
                           "or 'path/file.py:function'")

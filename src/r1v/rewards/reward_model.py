@@ -35,13 +35,13 @@ from torch import nn
 
 from r1v.data.schema import Message, Sample
 from r1v.errors import DataError, ModelError
+from r1v.processing.processor import IGNORE_INDEX
 
 HEAD_FILE = "reward_head.safetensors"
 META_FILE = "reward_model.json"
 FORMAT = "r1v-rm/1"
 THINK_OPEN = "<think>"
 THINK_PREFILL = "<think>\n"
-IGNORE_INDEX = -100
 
 
 def as_assistant_turn(completion: str) -> str:
@@ -134,7 +134,8 @@ class RewardModel:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from r1v.model.build import load_vlm, read_folder_json
+        from r1v.model.build import load_vlm
+        from r1v.model.vlm import read_folder_json
 
         path = Path(path)
         if not (path / META_FILE).is_file() or not (path / HEAD_FILE).is_file():
@@ -169,7 +170,8 @@ class RewardModel:
         """Write the model folder, the head and `reward_model.json`."""
         from safetensors.torch import save_file
 
-        from r1v.model.build import model_folder, save_model
+        from r1v.model.build import save_model
+        from r1v.model.vlm import model_folder
 
         folder = Path(folder)
         head = {k: v.detach().cpu().contiguous() for k, v in self.net.head.state_dict().items()}

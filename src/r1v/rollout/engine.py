@@ -2,7 +2,7 @@
 
 One small interface serves chat, eval and RL rollouts:
 
-    engine = TransformersEngine(vlm)                 # vlm: r1v.model.build.VLM
+    engine = TransformersEngine(vlm)                 # vlm: r1v.model.vlm.VLM
     groups = engine.generate(samples, SamplingParams(n=8, temperature=1.0, max_think_tokens=512))
     groups[i][j].answer, groups[i][j].token_ids, groups[i][j].finish_reason
 

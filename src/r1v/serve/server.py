@@ -16,9 +16,13 @@ from r1v.serve.app import ServeSettings, create_app
 def run_server(*, model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                engine: str = "transformers", settings: ServeSettings | None = None, device: str = "cpu",
                tensor_parallel_size: int = 1, served_model_name: str | None = None, log_level: str = "info",
-               quantize: str | None = None) -> None:
+               quantize: str | None = None, drain_timeout_s: float = 60.0) -> None:
     """Serve `model` until interrupted. The API key falls back to `R1V_API_KEY`. `quantize` (int8/int4, engine
-    transformers): the LLM's weights quantised on load (`r1v.model.quantize`)."""
+    transformers): the LLM's weights quantised on load (`r1v.model.quantize`).
+
+    SIGTERM or Ctrl-C drains: the port stops accepting, requests already in (running or queued) are answered,
+    for up to `drain_timeout_s` seconds, then the rest get 503 and the process ends (by the signal, re-raised by
+    uvicorn once drained)."""
     api_key = api_key or os.environ.get("R1V_API_KEY") or None
     settings = settings or ServeSettings()
     settings.api_key = api_key
@@ -40,6 +44,8 @@ def run_server(*, model: str, host: str = "127.0.0.1", port: int = 8000, api_key
         return
     if engine != "transformers":
         raise ConfigError(f"--engine must be 'transformers' or 'vllm', got {engine!r}")
+    if drain_timeout_s < 0:
+        raise ConfigError(f"--drain-timeout must be >= 0 seconds, got {drain_timeout_s}")
     import uvicorn
 
     from r1v.model.build import load_vlm
@@ -48,7 +54,7 @@ def run_server(*, model: str, host: str = "127.0.0.1", port: int = 8000, api_key
     vlm = load_vlm(model, device=device, quantize=quantize)
     app = create_app(TransformersEngine(vlm), settings)
     print(f"r1v serve: {settings.model_name} on http://{host}:{port} (chat page at /, API at /v1)")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=drain_timeout_s)
 
 
 class BackgroundServer:

@@ -68,7 +68,7 @@ def chat_template_jinja(template: str) -> str:
 
 def checkpoint_template(model_dir: Path) -> tuple[str, bool]:
     """(our template name, whether the folder is the released remote-code layout)."""
-    from r1v.model.build import read_folder_json
+    from r1v.model.vlm import read_folder_json
 
     r1v_json = model_dir / "r1v.json"
     if r1v_json.is_file():

@@ -29,13 +29,13 @@ from torch import nn
 
 from r1v.config import to_dict
 from r1v.errors import ConfigError
+from r1v.processing.processor import IGNORE_INDEX
 from r1v.train.config import TrainConfig
 from r1v.train.metrics import MetricsLogger, Progress, plot_metrics
 from r1v.train.optim import build_optimizer, build_scheduler
 from r1v.train.shard import keep_every_gradient, shard_model
 from r1v.train.state import TrainState, is_sharded, latest_checkpoint, load_checkpoint, save_checkpoint
 
-IGNORE_INDEX = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "position_ids", "image_flags")
 
 

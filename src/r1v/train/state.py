@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from r1v.errors import R1VError
+from r1v.errors import OutputError, R1VError, one_line
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step-"
@@ -201,42 +201,33 @@ def save_checkpoint(out_dir: str | Path, state: TrainState, *, model: nn.Module,
                     scheduler: Any, accelerator: Any = None,
                     export_fn: Callable[[nn.Module, Path], None] | None = None,
                     keep_last: int = 2, config: dict | None = None) -> Path:
-    """Write a checkpoint for `state` atomically; every process must call it. Returns the final folder."""
-    from safetensors.torch import save_file
+    """Write a checkpoint for `state` atomically; every process must call it. Returns the final folder.
 
-    rank, world = _rank_world(accelerator)
+    A write that fails (a full disk, a read-only folder) deletes the temporary folder and raises an
+    `OutputError` that names the checkpoint and the one that stays the newest; nothing already saved is touched.
+    """
+    rank, _ = _rank_world(accelerator)
     root = Path(out_dir) / CHECKPOINTS
     final = root / checkpoint_name(state.step)
     tmp = root / f".tmp-{final.name}"
-    if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # a leftover from a run killed while saving
-        (tmp / "rng").mkdir(parents=True)
-    _barrier(accelerator)
-
-    bare = accelerator.unwrap_model(model) if accelerator is not None else model
-    names = set(trainable_names(bare))
-    sharded = is_sharded(bare)
-    full = full_state_dict(model, accelerator)  # gathered on every process; rank 0 holds it
-    if rank == 0:
-        weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in full.items() if k in names}
-        save_file(weights, str(tmp / "trainable.safetensors"))
-        if export_fn is not None:  # a sharded model is exported from an unsharded copy of the gathered state
-            with torch.random.fork_rng(devices=[]):  # exporting must not move the RNG a resumed run restores
-                export_fn(unsharded_copy(bare, full) if sharded else bare, tmp / "model")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        payload = {k: v for k, v in asdict(state).items() if k != "extra"}
-        (tmp / "state.json").write_text(json.dumps(payload, indent=2) + "\n")
-        torch.save(state.extra, tmp / "extra.pt")
-        if config is not None:
-            (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    if sharded:  # this process's shards as plain tensors (a pickled DTensor drags its device mesh along)
-        torch.save(_local_optimizer_state(optimizer.state_dict()), tmp / f"optimizer-rank{rank}.pt")
-    elif _optimizer_is_sharded(accelerator, bare):
-        torch.save(optimizer.state_dict(), tmp / f"optimizer-rank{rank}.pt")
-    elif rank == 0:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(capture_rng(), tmp / "rng" / f"rank-{rank}.pt")
+    try:
+        if rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # a leftover from a run killed while saving
+            (tmp / "rng").mkdir(parents=True)
+        _barrier(accelerator)
+        _write_checkpoint(tmp, state, rank, model=model, optimizer=optimizer, scheduler=scheduler,
+                          accelerator=accelerator, export_fn=export_fn, config=config)
+    except (OSError, _WriteFailed) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(out_dir)
+        kept = f"the newest complete checkpoint stays {previous}" if previous else "no earlier checkpoint exists"
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise OutputError(f"{final}: cannot write the checkpoint ({why}); {kept}; free space or change "
+                          "out_dir, then resume") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _barrier(accelerator)
 
     if rank == 0:
@@ -251,6 +242,63 @@ def save_checkpoint(out_dir: str | Path, state: TrainState, *, model: nn.Module,
         prune_checkpoints(out_dir, keep_last)
     _barrier(accelerator)
     return final
+
+
+class _WriteFailed(Exception):
+    """A checkpoint file could not be written (the libraries' own errors, read as a reason)."""
+
+
+def _writing(path: Path, write: Callable[[], Any]) -> None:
+    """Run `write` (which writes `path`); torch's and safetensors' write errors become `_WriteFailed`.
+
+    torch reports a full disk as a RuntimeError from its zip writer ("unexpected pos ..."), so the free
+    space left is read to say what happened.
+    """
+    try:
+        write()
+    except R1VError:
+        raise
+    except Exception as e:  # noqa: BLE001 - RuntimeError (torch), SafetensorError, OSError
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else None
+        if free is not None and free < 1 << 20:
+            raise _WriteFailed(f"No space left on device: {free} bytes free while writing {path.name}") from None
+        raise _WriteFailed(f"{path.name}: {one_line(e)}") from None
+
+
+def _write_checkpoint(tmp: Path, state: TrainState, rank: int, *, model: nn.Module,
+                      optimizer: torch.optim.Optimizer, scheduler: Any, accelerator: Any,
+                      export_fn: Callable[[nn.Module, Path], None] | None, config: dict | None) -> None:
+    """Every file of a checkpoint into the temporary folder `tmp` (this process's part)."""
+    from safetensors.torch import save_file
+
+    bare = accelerator.unwrap_model(model) if accelerator is not None else model
+    names = set(trainable_names(bare))
+    sharded = is_sharded(bare)
+    full = full_state_dict(model, accelerator)  # gathered on every process; rank 0 holds it
+    if rank == 0:
+        weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in full.items() if k in names}
+        _writing(tmp / "trainable.safetensors", lambda: save_file(weights, str(tmp / "trainable.safetensors")))
+        if export_fn is not None:  # a sharded model is exported from an unsharded copy of the gathered state
+            with torch.random.fork_rng(devices=[]):  # exporting must not move the RNG a resumed run restores
+                plain = unsharded_copy(bare, full) if sharded else bare
+                _writing(tmp / "model", lambda: export_fn(plain, tmp / "model"))
+        _save(scheduler.state_dict(), tmp / "scheduler.pt")
+        payload = {k: v for k, v in asdict(state).items() if k != "extra"}
+        (tmp / "state.json").write_text(json.dumps(payload, indent=2) + "\n")
+        _save(state.extra, tmp / "extra.pt")
+        if config is not None:
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    if sharded:  # this process's shards as plain tensors (a pickled DTensor drags its device mesh along)
+        _save(_local_optimizer_state(optimizer.state_dict()), tmp / f"optimizer-rank{rank}.pt")
+    elif _optimizer_is_sharded(accelerator, bare):
+        _save(optimizer.state_dict(), tmp / f"optimizer-rank{rank}.pt")
+    elif rank == 0:
+        _save(optimizer.state_dict(), tmp / "optimizer.pt")
+    _save(capture_rng(), tmp / "rng" / f"rank-{rank}.pt")
+
+
+def _save(obj: Any, path: Path) -> None:
+    _writing(path, lambda: torch.save(obj, path))
 
 
 def _corrupt(path: Path, e: Exception) -> R1VError:

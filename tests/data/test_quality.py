@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from r1v.data import quality as sc
 from r1v.data.schema import Sample
 from r1v.eval.judge import Judge
-from r1v.recipes import scorers as sc
 
 
 def checkerboard(size: int, cell: int = 8) -> Image.Image:

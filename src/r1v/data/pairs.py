@@ -1,14 +1,12 @@
-"""Preference pairs for MPO: reading pair files, rule verdicts, and pairing RM-scored completions.
+"""Preference pairs, beside the other records: reading pair files, filtering, and building pairs from judged
+completions (the MPO pair builder).
 
 - `read_pairs(spec)`: a pairs file (.jsonl/.json/.parquet; records `{"question"|"messages", "image"?,
   "answer"?, "chosen", "rejected", "chosen_score"?, "rejected_score"?}`) or `synthetic:N`, keeping file and
-  record for error messages; bad records go through the `on_bad_sample` policy.
+  record for error messages; bad records go through the `on_bad_sample` policy. `pair_record` writes one.
 - `filter_pairs`: drop ties and pairs whose known score margin is below the threshold.
-- `rule_verdicts` / `build_pairs` / `generate_pairs`: sample completions from the current model, judge
-  each by rule constraints (correct, well-formed, not truncated, not hallucinated), score them (reward
-  model, else the rule score) and pair the best chosen with the worst rejected candidates.
-
-`r1v.recipes.mpo` re-exports every public name here.
+- `build_pairs`: from judged, scored completions per prompt, pair the best chosen with the worst rejected
+  candidates (`r1v.eval.generate.generate_pairs` samples and judges them).
 """
 
 from __future__ import annotations
@@ -17,16 +15,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from r1v.data.demo_tasks import think_target
 from r1v.data.schema import PreferencePair, Sample
 from r1v.data.sources import iter_records, record_to_sample, sample_to_record
+from r1v.data.stage_data import SYNTHETIC_RE, BadSamples
 from r1v.errors import DataError
-from r1v.recipes.common import SYNTHETIC_RE, BadSamples, think_target
-
-if TYPE_CHECKING:
-    from r1v.recipes.mpo import MPOConfig
-
 
 # ---------------------------------------------------------------------------------------------- pairs
 
@@ -135,31 +130,12 @@ def filter_pairs(rows: Sequence[PairRow], margin_threshold: float, counts: Count
     return kept
 
 
-# ---------------------------------------------------------------------------------------------- generation
-
-def rule_verdicts(samples: Sequence[Sample], texts: Sequence[str], truncated: Sequence[bool]) -> list[dict[str, Any]]:
-    """Per completion: correct, well_formed, hallucinated (None: unknown scene), truncated, rule score."""
-    from r1v.eval.hallucination import find_hallucinations
-    from r1v.rewards.extract import split_think
-    from r1v.rewards.rules import accuracy_many, columns_of, format_reward
-
-    answers = [split_think(t)[1] if "</think>" in t else t for t in texts]
-    acc = accuracy_many(answers, [columns_of(s) for s in samples])
-    out = []
-    for s, t, a, tr in zip(samples, texts, acc, truncated, strict=True):
-        claims = find_hallucinations(s, t)
-        halluc = None if claims is None else bool(claims)
-        correct = a["accuracy"] >= 1.0
-        formed = format_reward(t, {})["format"] >= 1.0 and not tr
-        out.append({"correct": correct, "well_formed": formed, "hallucinated": halluc, "truncated": tr,
-                    "rule_score": float(correct) + float(formed) - float(bool(halluc))})
-    return out
-
-
 def build_pairs(samples: Sequence[Sample], groups: Sequence[Sequence[str]], verdicts: Sequence[Sequence[dict]],
                 scores: Sequence[Sequence[float]], *, margin_threshold: float, pairs_per_prompt: int,
                 counts: Counter[str]) -> list[PreferencePair]:
-    """Best chosen candidates x worst rejected candidates per prompt, margin-checked (see module docstring)."""
+    """Best chosen candidates x worst rejected candidates per prompt, margin-checked: a candidate is chosen when
+    correct, well-formed and not hallucinated, rejected otherwise; pairs are formed best-chosen first against
+    worst-rejected first while `score(chosen) - score(rejected) >= margin_threshold`."""
     pairs = []
     for s, texts, vs, sc in zip(samples, groups, verdicts, scores, strict=True):
         good = [i for i, v in enumerate(vs) if v["correct"] and v["well_formed"] and not v["hallucinated"]]
@@ -183,43 +159,3 @@ def build_pairs(samples: Sequence[Sample], groups: Sequence[Sequence[str]], verd
             made += 1
         counts["pairs"] += made
     return pairs
-
-
-def generate_pairs(vlm: Any, samples: Sequence[Sample], cfg: MPOConfig, rm: Any = None,
-                   ) -> tuple[list[PreferencePair], dict[str, int]]:
-    """Sample `cfg.samples_per_prompt` completions per prompt from `vlm`, judge, score and pair them."""
-    from r1v.rewards.reward_model import as_assistant_turn
-    from r1v.rollout.engine import SamplingParams, TransformersEngine
-
-    engine = TransformersEngine(vlm)
-    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            repetition_penalty=1.0, think=cfg.think, n=cfg.samples_per_prompt, seed=cfg.train.seed)
-    groups, truncs = [], []
-    was_training = vlm.model.training
-    vlm.model.eval()
-    from r1v.progress import progress_bar
-
-    try:
-        with progress_bar(transient=True) as bar:
-            task = bar.add_task(f"sampling {cfg.samples_per_prompt} answers per prompt", total=len(samples))
-            for start in range(0, len(samples), cfg.gen_batch_size):
-                for g in engine.generate(list(samples[start:start + cfg.gen_batch_size]), params):
-                    groups.append([as_assistant_turn(c.text) for c in g])
-                    truncs.append([c.finish_reason == "length" for c in g])
-                bar.update(task, completed=len(groups))
-    finally:
-        vlm.model.train(was_training)
-    flat_s = [s for s, g in zip(samples, groups, strict=True) for _ in g]
-    flat_t = [t for g in groups for t in g]
-    flat_v = rule_verdicts(flat_s, flat_t, [x for g in truncs for x in g])
-    flat_sc = rm.score(flat_s, flat_t) if rm is not None else [v["rule_score"] for v in flat_v]
-    k = cfg.samples_per_prompt
-    verdicts = [flat_v[i * k:(i + 1) * k] for i in range(len(samples))]
-    scores = [flat_sc[i * k:(i + 1) * k] for i in range(len(samples))]
-    counts: Counter[str] = Counter()
-    pairs = build_pairs(samples, groups, verdicts, scores, margin_threshold=cfg.margin_threshold,
-                        pairs_per_prompt=cfg.pairs_per_prompt, counts=counts)
-    counts["completions"] = len(flat_t)
-    counts["correct"] = sum(v["correct"] for v in flat_v)
-    counts["hallucinated"] = sum(bool(v["hallucinated"]) for v in flat_v)
-    return pairs, dict(counts)

@@ -21,10 +21,9 @@ from rich.console import Console
 from r1v.config import to_dict
 from r1v.data.schema import Sample
 from r1v.data.sources import atomic_write_text
+from r1v.data.stage_data import read_stage_data
 from r1v.progress import progress_bar
-from r1v.recipes.common import read_stage_data
-
-TABLE_KEYS = ("accuracy", "think_tokens_mean", "hallucination_rate", "effective_ratio")
+from r1v.tables import print_wide_table
 
 
 def held_out(settings: Any, data_dir: Path) -> list[Sample]:
@@ -41,32 +40,23 @@ def evaluate_model(folder: str, samples: Sequence[Sample], settings: Any, consol
     per-item correctness (`correct`, for paired intervals), mean thinking tokens, hallucination rate and a
     few example completions; with `pass_k` > 0 also pass@1 and pass@k of k answers sampled at temperature 1
     (what RL starting from this model can sharpen)."""
+    from r1v.eval.generate import correct_many, generate, greedy
     from r1v.eval.hallucination import hallucination_report
     from r1v.model.build import load_vlm
-    from r1v.rewards.rules import accuracy_many, columns_of
-    from r1v.rollout.engine import SamplingParams, TransformersEngine
 
     vlm = load_vlm(folder)
-    engine = TransformersEngine(vlm)
-    params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=0.0, top_p=1.0,
-                            repetition_penalty=1.0)
-    completions = []
-    with progress_bar(console, enabled=console is not None, transient=True) as bar:
-        task = bar.add_task(f"evaluating {Path(folder).parent.name}/{Path(folder).name} on the held-out set",
-                            total=len(samples))
-        for start in range(0, len(samples), settings.batch_size):
-            for group in engine.generate(list(samples[start:start + settings.batch_size]), params):
-                completions.append(group[0])
-            bar.update(task, completed=len(completions))
-    scores = accuracy_many([c.answer for c in completions], [columns_of(s) for s in samples])
-    correct = [p["accuracy"] >= 1.0 for p in scores]
+    what = f"evaluating {Path(folder).parent.name}/{Path(folder).name} on the held-out set"
+    groups = generate(vlm, samples, greedy(settings.max_new_tokens), batch_size=settings.batch_size,
+                      progress=what if console is not None else None, console=console)
+    completions = [g[0] for g in groups]
+    correct = correct_many([c.answer for c in completions], samples)
     by_family: dict[str, list[bool]] = {}
     for s, ok in zip(samples, correct, strict=True):
         key = "unanswerable" if s.meta.get("unanswerable") else str(s.meta.get("family", "other"))
         by_family.setdefault(key, []).append(ok)
     hall = hallucination_report(samples, [c.text for c in completions], with_items=False)
-    sampled = sample_pass_at_k(engine, samples, settings, pass_k, console) if pass_k > 0 else {}
-    return {**sampled, "correct": correct,"accuracy": sum(correct) / len(correct) if correct else None,
+    sampled = sample_pass_at_k(vlm, samples, settings, pass_k, console) if pass_k > 0 else {}
+    return {**sampled, "correct": correct, "accuracy": sum(correct) / len(correct) if correct else None,
             "accuracy_by_family": {k: sum(v) / len(v) for k, v in sorted(by_family.items())},
             "n": len(samples), "think_tokens_mean": sum(c.num_think_tokens for c in completions) / len(completions),
             "hallucination_rate": hall["rate"], "hallucination_scored": hall["scored"],
@@ -75,13 +65,15 @@ def evaluate_model(folder: str, samples: Sequence[Sample], settings: Any, consol
                          for s, c, ok in list(zip(samples, completions, correct, strict=True))[:3]]}
 
 
-def sample_pass_at_k(engine: Any, samples: Sequence[Sample], settings: Any, k: int,
+def sample_pass_at_k(vlm: Any, samples: Sequence[Sample], settings: Any, k: int,
                      console: Console | None = None) -> dict:
-    """k answers per sample at temperature 1 (seeded per sample): {"pass_at_1", "pass_at_k", "k",
-    "solved_share_mixed"} (the last: share of items with some but not all k right, the groups GRPO learns from)."""
+    """k answers per sample at temperature 1 (seeded per item): {"k", "pass_at_1", "pass_at_k",
+    "mixed_share"} (the last: share of items with some but not all k right, the groups GRPO learns from)."""
+    from r1v.eval.generate import correct_many
     from r1v.eval.stats import pass_at_k
-    from r1v.rewards.rules import accuracy_many, columns_of
-    from r1v.rollout.engine import SamplingParams
+    from r1v.rollout.engine import SamplingParams, TransformersEngine
+
+    engine = TransformersEngine(vlm)
 
     params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=1.0, top_p=1.0,
                             repetition_penalty=1.0, n=k)
@@ -92,8 +84,7 @@ def sample_pass_at_k(engine: Any, samples: Sequence[Sample], settings: Any, k: i
             chunk = list(samples[start:start + settings.batch_size])
             groups = engine.generate(chunk, params, seeds=[start + i for i in range(len(chunk))])
             for s, g in zip(chunk, groups, strict=True):
-                scores = accuracy_many([c.answer for c in g], [columns_of(s)] * len(g))
-                rights.append(sum(p["accuracy"] >= 1.0 for p in scores))
+                rights.append(sum(correct_many([c.answer for c in g], [s] * len(g))))
             bar.update(task, completed=len(rights))
     n = len(rights)
     return {"k": k, "pass_at_1": sum(pass_at_k(k, c, 1) for c in rights) / n,
@@ -209,23 +200,6 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return headers, cells
 
 
-def _print_stage_table(console: Console, title: str, headers: list[str], cells: list[list[str]]) -> None:
-    """The stage table on the terminal, never squeezed into unreadable columns: figures do not wrap, and
-    the table is printed at its natural width even when the output is a pipe or a narrow terminal."""
-    from rich.table import Table
-
-    t = Table(title=title)
-    for i, h in enumerate(headers):
-        t.add_column(h, no_wrap=i > 0, justify="left" if i == 0 else "right")
-    for row in cells:
-        t.add_row(*row)
-    need = sum(max(len(h), *(len(r[i]) for r in cells)) + 3 for i, h in enumerate(headers)) + 1
-    if need > console.width:  # a wider console on the same stream (a pipe or log file gets the full table)
-        console = Console(file=console.file, width=need, force_terminal=console.is_terminal,
-                          color_system=console.color_system)
-    console.print(t)
-
-
 def plot_accuracy(rows: list[dict], path: Path) -> Path | None:
     import matplotlib
 
@@ -325,7 +299,7 @@ def write_report(cfg: Any, rows: list[dict], summaries: dict[str, dict], out: Pa
         "table{border-collapse:collapse}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><table><tr>{th}</tr>{trs}</table><h2>What helped</h2><ul>{lis}</ul>"
         f"{imgs}</body></html>\n"))
-    _print_stage_table(console, title, headers, cells)
+    print_wide_table(console, title, headers, cells)
     for v in report["verdicts"]:
         console.print(f"  {v}")
     for key in ("reward_model", "selection"):

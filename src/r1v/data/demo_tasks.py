@@ -1,5 +1,8 @@
-"""Micro-scale data for the demo and `scale=micro` pipelines, all generated from a seed.
+"""The demo's rendered tasks: micro-scale data for the demo, `scale=micro` pipelines and `synthetic:N`
+data specs, all generated from a seed.
 
+- `synthetic_rows`: rendered tasks with the r1v prompt and a short `<think>` chain (`think_target`) ending
+  in the boxed answer: what `synthetic:N` reads as.
 - `rendered_rows`: rendered tasks (`r1v.data.synthetic`) with a short prompt and a worked `<think>`
   chain read off the scene ("There are 3 circles and 2 squares. 3 + 2 = 5."), then `\\boxed{answer}`.
 - `text_rows`: text-only `<think>` arithmetic in the same words, for the "reasoning" LLM variant.
@@ -14,26 +17,24 @@
 - `rendered_source`: rendered images with class labels (family, shape counts, digits, largest colour) as a
   `LabelledImages` source for the vision tower's pretraining beside easy-VQA.
 
-Why the alignment data are short answers: in the `<think>` chains the one token read off the image (the
-"4" of "there are 4") is a small share of the loss, and 40 connector steps on them left every family at
-chance; one-word answers make the read token a third of the target.
+Why the alignment data are short answers: docs/findings.md.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from r1v.data.schema import Message, Sample
+from r1v.data.benchmarks import with_prompt
+from r1v.data.schema import Message, Row, Sample
 from r1v.data.sources import atomic_write_text, sample_to_record
 from r1v.data.synthetic import COLOURS, FAMILIES, SHAPES, generate_tasks, plural
-from r1v.recipes.common import Row
 
 INSTRUCTION = "Put the final answer in \\boxed{}."
 OPS = {"plus": ("+", lambda a, b: a + b), "minus": ("-", lambda a, b: a - b),
@@ -80,19 +81,42 @@ def prompt_sample(task: Sample) -> Sample:
     return replace(task, messages=[Message("user", text)])
 
 
+def task_rows(tasks: Iterable[Sample], source: str, prompt: Callable[[Sample], Sample],
+              target: Callable[[Sample], str] | None) -> list[Row]:
+    """Rendered tasks as stage rows: each task's `prompt(task)` sample, with `target(task)` appended as the
+    assistant turn when `target` is given (the one maker of rendered-task rows)."""
+    rows = []
+    for i, task in enumerate(tasks):
+        s = prompt(task)
+        if target is not None:
+            s = replace(s, messages=[*s.messages, Message("assistant", target(task))])
+        rows.append(Row(s, source, i))
+    return rows
+
+
+def think_target(sample: Sample) -> str:
+    """A short `<think>`-annotated answer for a rendered task (micro-scale SFT data)."""
+    question = sample.question.replace("<image>", "").strip().splitlines()[0]
+    return (f"<think>\nThe question is: {question} I look at the picture and work it out: "
+            f"the answer is {sample.answer}.\n</think>\n\n\\boxed{{{sample.answer}}}")
+
+
+def synthetic_rows(n: int, *, split: str = "train", seed: int = 0, image_size: int = 112,
+                   with_target: bool = True) -> list[Row]:
+    """`n` rendered tasks (r1v prompt), each with a `<think>` chain and boxed answer when `with_target`."""
+    tasks = generate_tasks(n, seed=seed, split=split, image_size=image_size)
+    return task_rows(tasks, f"synthetic:{split}", lambda t: with_prompt(t, "r1v"),
+                     think_target if with_target else None)
+
+
 def rendered_rows(n: int, *, seed: int = 0, split: str = "train", image_size: int = 112,
                   unanswerable_ratio: float = 0.1, families: Sequence[str] = FAMILIES,
                   difficulties: Sequence[int] = (1, 2), with_target: bool = True) -> list[Row]:
     """n rendered tasks as stage rows (prompt, and a worked `<think>` chain when `with_target`)."""
-    rows = []
     tasks = generate_tasks(n, seed=seed, split=split, image_size=image_size, families=tuple(families),
                            difficulties=tuple(difficulties), unanswerable_ratio=unanswerable_ratio)
-    for i, task in enumerate(tasks):
-        s = prompt_sample(task)
-        if with_target:
-            s = replace(s, messages=[*s.messages, Message("assistant", target_text(chain(task), task.answer))])
-        rows.append(Row(s, f"rendered:{split}", i))
-    return rows
+    return task_rows(tasks, f"rendered:{split}", prompt_sample,
+                     (lambda t: target_text(chain(t), t.answer)) if with_target else None)
 
 
 def short_question(task: Sample) -> str:

@@ -1,0 +1,142 @@
+"""Generate in batches, then verify: the one loop every quick evaluation and pair maker shares.
+
+- `generate(vlm, samples, params, batch_size=...)`: one list of `params.n` completions per sample, the
+  model in eval mode for the call (its training flag restored after), `batch_size` prompts per engine call.
+- `correct_many(answers, samples)`: the rewards' answer extraction and verifiers, one bool per answer.
+- `judge(vlm, samples)`: greedy answers verified against the gold answers (`Judged`); `heldout_accuracy`.
+- `rule_verdicts(samples, texts, truncated)`: per completion, correct / well-formed / hallucinated /
+  truncated and the rule score `correct + well_formed - hallucinated` (MPO's pair judging).
+- `generate_pairs(vlm, samples, params, ...)`: sample, judge, score and pair completions (MPO's
+  `source: generate`; the pairing itself is `r1v.data.pairs.build_pairs`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from r1v.data.schema import PreferencePair, Sample
+from r1v.rollout.engine import Completion, SamplingParams
+
+
+def generate(vlm: Any, samples: Sequence[Sample], params: SamplingParams, *, batch_size: int,
+             on_batch: Callable[[int], None] | None = None, progress: str | None = None,
+             console: Any = None) -> list[list[Completion]]:
+    """`params.n` completions per sample from `vlm` (a model bundle), `batch_size` prompts per engine call;
+    `on_batch(done)` is told how many samples are done after each call; `progress` (a description) shows a
+    progress bar with an ETA (`r1v.progress`) on `console`."""
+    from r1v.progress import progress_bar
+    from r1v.rollout.engine import TransformersEngine
+
+    engine = TransformersEngine(vlm)
+    groups: list[list[Completion]] = []
+    was_training = vlm.model.training
+    vlm.model.eval()
+    try:
+        with progress_bar(console, enabled=progress is not None, transient=True) as bar:
+            task = bar.add_task(progress or "generating", total=len(samples))
+            for start in range(0, len(samples), batch_size):
+                groups.extend(engine.generate(list(samples[start:start + batch_size]), params))
+                bar.update(task, completed=len(groups))
+                if on_batch is not None:
+                    on_batch(len(groups))
+    finally:
+        vlm.model.train(was_training)
+    return groups
+
+
+def greedy(max_new_tokens: int, *, think: bool = True) -> SamplingParams:
+    """Greedy decoding without a repetition penalty (every quick evaluation)."""
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, repetition_penalty=1.0,
+                          think=think)
+
+
+def correct_many(answers: Sequence[str], samples: Sequence[Sample]) -> list[bool]:
+    """Whether each answer matches its sample's gold answer (the rewards' extractor and verifiers)."""
+    from r1v.rewards.rules import accuracy_many, columns_of
+
+    return [p["accuracy"] >= 1.0 for p in accuracy_many(list(answers), [columns_of(s) for s in samples])]
+
+
+@dataclass
+class Judged:
+    """Greedy answers of a model on samples with gold answers; `correct[i]` is None without a gold answer."""
+
+    correct: list[bool | None]
+    answers: list[str]
+
+    @property
+    def accuracy(self) -> float:
+        known = [c for c in self.correct if c is not None]
+        return sum(known) / len(known) if known else float("nan")
+
+    @property
+    def wrong(self) -> set[int]:
+        return {i for i, c in enumerate(self.correct) if c is False}
+
+
+def judge(vlm: Any, samples: Sequence[Sample], *, max_new_tokens: int = 256, batch_size: int = 8,
+          think: bool = True) -> Judged:
+    """Generate one greedy answer per sample and verify it against the gold answer (rewards' verifiers)."""
+    groups = generate(vlm, samples, greedy(max_new_tokens, think=think), batch_size=batch_size,
+                      progress="judging (greedy answers)")
+    answers = [g[0].answer for g in groups]
+    correct: list[bool | None] = [None] * len(samples)
+    gold = [i for i, s in enumerate(samples) if s.answer not in (None, "")]
+    if gold:
+        for i, ok in zip(gold, correct_many([answers[i] for i in gold], [samples[i] for i in gold]), strict=True):
+            correct[i] = ok
+    return Judged(correct, answers)
+
+
+def heldout_accuracy(vlm: Any, samples: Sequence[Sample], *, max_new_tokens: int, batch_size: int = 8
+                     ) -> float | None:
+    """Greedy accuracy of `vlm` on `samples` (None when there are none)."""
+    return judge(vlm, samples, max_new_tokens=max_new_tokens, batch_size=batch_size).accuracy if samples else None
+
+
+def rule_verdicts(samples: Sequence[Sample], texts: Sequence[str], truncated: Sequence[bool]) -> list[dict[str, Any]]:
+    """Per completion: correct, well_formed, hallucinated (None: unknown scene), truncated, rule score."""
+    from r1v.eval.hallucination import find_hallucinations
+    from r1v.rewards.extract import split_think
+    from r1v.rewards.rules import format_reward
+
+    answers = [split_think(t)[1] if "</think>" in t else t for t in texts]
+    out = []
+    for s, t, correct, tr in zip(samples, texts, correct_many(answers, samples), truncated, strict=True):
+        claims = find_hallucinations(s, t)
+        halluc = None if claims is None else bool(claims)
+        formed = format_reward(t, {})["format"] >= 1.0 and not tr
+        out.append({"correct": correct, "well_formed": formed, "hallucinated": halluc, "truncated": tr,
+                    "rule_score": float(correct) + float(formed) - float(bool(halluc))})
+    return out
+
+
+def generate_pairs(vlm: Any, samples: Sequence[Sample], params: SamplingParams, *, batch_size: int,
+                   margin_threshold: float, pairs_per_prompt: int, rm: Any = None,
+                   ) -> tuple[list[PreferencePair], dict[str, int]]:
+    """Sample `params.n` completions per prompt from `vlm`, judge them (`rule_verdicts`), score them (the
+    reward model `rm`, else the rule score) and pair them (`r1v.data.pairs.build_pairs`)."""
+    from r1v.data.pairs import build_pairs
+    from r1v.rewards.reward_model import as_assistant_turn
+
+    groups, truncs = [], []
+    for g in generate(vlm, samples, params, batch_size=batch_size, progress=f"sampling {params.n} answers per prompt"):
+        groups.append([as_assistant_turn(c.text) for c in g])
+        truncs.append([c.finish_reason == "length" for c in g])
+    flat_s = [s for s, g in zip(samples, groups, strict=True) for _ in g]
+    flat_t = [t for g in groups for t in g]
+    flat_v = rule_verdicts(flat_s, flat_t, [x for g in truncs for x in g])
+    flat_sc = rm.score(flat_s, flat_t) if rm is not None else [v["rule_score"] for v in flat_v]
+    k = params.n
+    verdicts = [flat_v[i * k:(i + 1) * k] for i in range(len(samples))]
+    scores = [flat_sc[i * k:(i + 1) * k] for i in range(len(samples))]
+    counts: Counter[str] = Counter()
+    pairs = build_pairs(samples, groups, verdicts, scores, margin_threshold=margin_threshold,
+                        pairs_per_prompt=pairs_per_prompt, counts=counts)
+    counts["completions"] = len(flat_t)
+    counts["correct"] = sum(v["correct"] for v in flat_v)
+    counts["hallucinated"] = sum(bool(v["hallucinated"]) for v in flat_v)
+    return pairs, dict(counts)
