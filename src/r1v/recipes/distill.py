@@ -278,10 +278,15 @@ def generate_chunked(engine: Any, samples: Sequence[Sample], penalty: Sequence[f
                      params: Callable[[list[float], int], SamplingParams]) -> list[list[Completion]]:
     """`engine.generate` over batches; `params(penalties_of_the_batch, batch_index)` builds each call's
     SamplingParams, so every sample is generated with its own repetition penalty."""
+    from r1v.progress import progress_bar
+
     out: list[list[Completion]] = []
-    for b, start in enumerate(range(0, len(samples), batch_size)):
-        chunk = list(samples[start:start + batch_size])
-        out.extend(engine.generate(chunk, params([float(x) for x in penalty[start:start + batch_size]], b)))
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task("generating", total=len(samples))
+        for b, start in enumerate(range(0, len(samples), batch_size)):
+            chunk = list(samples[start:start + batch_size])
+            out.extend(engine.generate(chunk, params([float(x) for x in penalty[start:start + batch_size]], b)))
+            bar.update(task, completed=len(out))
     return out
 
 
