@@ -55,7 +55,8 @@ def evaluate_model(folder: str, samples: Sequence[Sample], settings: Any, consol
         key = "unanswerable" if s.meta.get("unanswerable") else str(s.meta.get("family", "other"))
         by_family.setdefault(key, []).append(ok)
     hall = hallucination_report(samples, [c.text for c in completions], with_items=False)
-    sampled = sample_pass_at_k(vlm, samples, settings, pass_k, console) if pass_k > 0 else {}
+    sampled = (sample_pass_at_k(vlm, samples[:getattr(settings, "pass_k_limit", len(samples))], settings, pass_k,
+                                console) if pass_k > 0 else {})
     return {**sampled, "correct": correct, "accuracy": sum(correct) / len(correct) if correct else None,
             "accuracy_by_family": {k: sum(v) / len(v) for k, v in sorted(by_family.items())},
             "n": len(samples), "think_tokens_mean": sum(c.num_think_tokens for c in completions) / len(completions),
@@ -87,7 +88,7 @@ def sample_pass_at_k(vlm: Any, samples: Sequence[Sample], settings: Any, k: int,
                 rights.append(sum(correct_many([c.answer for c in g], [s] * len(g))))
             bar.update(task, completed=len(rights))
     n = len(rights)
-    return {"k": k, "pass_at_1": sum(pass_at_k(k, c, 1) for c in rights) / n,
+    return {"k": k, "pass_n": n, "pass_at_1": sum(pass_at_k(k, c, 1) for c in rights) / n,
             "pass_at_k": sum(pass_at_k(k, c, k) for c in rights) / n,
             "mixed_share": sum(0 < c < k for c in rights) / n}
 
@@ -156,7 +157,8 @@ def verdicts(rows: list[dict]) -> list[str]:
                    f"{prev['name']}).")
         if "pass_at_k" in prev and cur.get("stage") == "grpo":
             out.append(f"{prev['name']} (what {cur['name']} is compared with): pass@1 {prev['pass_at_1']:.3f}, "
-                       f"pass@{prev['k']} {prev['pass_at_k']:.3f} at temperature 1; {prev['mixed_share']:.2f} of the "
+                       f"pass@{prev['k']} {prev['pass_at_k']:.3f} at temperature 1 (first {prev.get('pass_n', '?')} items); "
+                       f"{prev['mixed_share']:.2f} of the "
                        f"items had some but not all of {prev['k']} answers right (the groups RL learns from).")
         diagnosis = rl_diagnosis(cur)
         if diagnosis:

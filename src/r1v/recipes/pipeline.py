@@ -117,6 +117,8 @@ class EvalSettings:
     batch_size: int = 16
     pass_k: int = 4
     """k of pass@k for report rows with `pass_at_k` (the RL step's group size)."""
+    pass_k_limit: int = 100
+    """pass@k is measured on the first this many held-out items (k sampled answers each cost a greedy pass)."""
 
 
 @dataclass
