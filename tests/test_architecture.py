@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # lowest first: a unit may import only units of its own or a lower layer (docs/architecture.md)
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"atomic", "config", "distributed", "plugins", "tables"},
+    {"atomic", "config", "distributed", "plugins", "progress", "tables"},
     {"processing"},
     {"assets"},
     {"data"},

@@ -57,7 +57,9 @@ class EndpointTeacher:
         self.judge = client
         self.tokenizer = None
 
-    def generate(self, samples: Sequence[Sample], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, samples: Sequence[Sample], params: SamplingParams,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """`seeds` is accepted for the engine interface; the endpoint samples on its own."""
         out = []
         for s in samples:
             text = "\n\n".join(m.content.replace("<image>", "").strip() for m in s.prompt_messages()
