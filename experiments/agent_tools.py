@@ -34,20 +34,14 @@ from pathlib import Path
 
 from rich.console import Console
 
+from r1v.agent.episodes import agent_accuracy, answer_matches, expert_trajectories, with_max_tiles
 from r1v.agent.tools import default_registry
 from r1v.data.schema import Message, Row
 from r1v.data.stage_data import BadSamples, encode_rows
 from r1v.data.tool_tasks import CELL_NAMES, crop_box, generate_zoom_tasks, perception_samples
 from r1v.model.build import load_vlm
 from r1v.model.trainable import build_trainable
-from r1v.recipes.agent_sft import (
-    AgentSFTConfig,
-    agent_accuracy,
-    answer_matches,
-    expert_trajectories,
-    turn_mean_objective,
-    with_max_tiles,
-)
+from r1v.recipes.agent_sft import AgentSFTConfig, turn_mean_objective
 from r1v.recipes.agent_sft import run as run_agent_sft
 from r1v.train import TrainConfig, sft_objective, train
 from r1v.train.grouping import collate_groups, grouped_training_set

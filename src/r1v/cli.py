@@ -263,7 +263,7 @@ def chat(
         if agent:
             if quantize is not None:
                 raise R1VError("--quantize is not available with --agent")
-            from r1v.recipes.agent_sft import agent_chat
+            from r1v.agent.episodes import agent_chat
 
             agent_chat(model=model, question=question, images=list(image or []), max_turns=max_turns,
                        max_new_tokens=max_new_tokens)
@@ -367,7 +367,7 @@ def eval_(
     from r1v.eval.runner import EvalConfig, evaluate
 
     if agent:
-        from r1v.recipes.agent_sft import agent_eval
+        from r1v.agent.episodes import agent_eval
 
         if quantize is not None:
             _fail(R1VError("--quantize is not available with --agent"))
