@@ -16,3 +16,21 @@ def test_rule_verdicts_judge_correctness_format_and_hallucination() -> None:
     assert verdicts[0] == {**verdicts[0], "correct": True, "well_formed": True, "hallucinated": False}
     assert verdicts[1]["hallucinated"] and verdicts[2] == {**verdicts[2], "correct": True, "well_formed": False}
     assert [x["rule_score"] for x in verdicts] == [2.0, 1.0, 1.0]
+
+
+def test_generate_batches_draw_each_sample_from_its_own_seed() -> None:
+    from r1v.data.demo_tasks import synthetic_rows
+    from r1v.eval.generate import generate
+    from r1v.model.build import build_preset
+    from r1v.rollout.engine import SamplingParams, TransformersEngine
+
+    vlm = build_preset("tiny")
+    samples = [r.sample for r in synthetic_rows(3, seed=1, with_target=False)]
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, top_p=1.0, repetition_penalty=1.0, n=2)
+
+    def texts(groups):
+        return [[c.text for c in g] for g in groups]
+
+    one_call = texts(TransformersEngine(vlm).generate(samples, params, seeds=[0, 1, 2]))
+    assert texts(generate(vlm, samples, params, batch_size=2, seeds=[0, 1, 2])) == one_call
+    assert texts(generate(vlm, samples, params, batch_size=1, seeds=[7, 8, 9])) != one_call

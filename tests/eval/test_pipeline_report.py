@@ -32,3 +32,24 @@ def test_verdicts_use_paired_intervals_and_diagnose_rl() -> None:
     change = headers.index("change [95% CI]")
     assert cells[0][change] == "-" and cells[2][change].startswith("+0.250 [+") and cells[3][change] == \
         "+0.000 [+0.000, +0.000]"
+
+
+def test_pass_at_k_samples_each_item_from_its_own_stream() -> None:
+    """pass@k through the shared generate loop: item i drawn from stream i, whatever the batching."""
+    from types import SimpleNamespace
+
+    from r1v.data.demo_tasks import synthetic_rows
+    from r1v.eval.generate import correct_many
+    from r1v.eval.pipeline_report import sample_pass_at_k
+    from r1v.model.build import build_preset
+    from r1v.rollout.engine import SamplingParams, TransformersEngine
+
+    vlm = build_preset("tiny")
+    samples = [r.sample for r in synthetic_rows(3, seed=1, with_target=False)]
+    got = sample_pass_at_k(vlm, samples, SimpleNamespace(max_new_tokens=4, batch_size=2), 2)
+    params = SamplingParams(max_new_tokens=4, temperature=1.0, top_p=1.0, repetition_penalty=1.0, n=2)
+    groups = TransformersEngine(vlm).generate(samples, params, seeds=[0, 1, 2])
+    rights = [sum(correct_many([c.answer for c in g], [s] * 2)) for s, g in zip(samples, groups, strict=True)]
+    assert got["k"] == 2 and got["pass_n"] == 3
+    assert got["mixed_share"] == sum(0 < c < 2 for c in rights) / 3
+    assert got["pass_at_k"] == sum(c > 0 for c in rights) / 3

@@ -34,7 +34,7 @@ BatchParams = Callable[[int, int], SamplingParams]
 
 def generate(model: Any, samples: Sequence[Sample], params: SamplingParams | BatchParams, *, batch_size: int,
              on_batch: Callable[[int], None] | None = None, gather: bool = True, progress: str | None = None,
-             console: Any = None) -> list[list[Completion]]:
+             console: Any = None, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
     """`params.n` completions per sample, `batch_size` prompts per engine call, each process its contiguous
     share of `samples` (`dist.shard_bounds`).
 
@@ -43,7 +43,8 @@ def generate(model: Any, samples: Sequence[Sample], params: SamplingParams | Bat
     one `SamplingParams` for every call, or a `BatchParams` building each call's from the sample range.
     `on_batch(done)` is told how many of this process's samples are done after each call. `gather=False`
     returns this process's share only. `progress` (a description) shows a progress bar with an ETA
-    (`r1v.progress`) on `console`."""
+    (`r1v.progress`) on `console`. `seeds` (one per sample) gives each sample its own random stream;
+    without them a seeded `params` keys the streams by (seed, sample index)."""
     from r1v.progress import progress_bar
     from r1v.rollout.engine import TransformersEngine
 
@@ -61,11 +62,11 @@ def generate(model: Any, samples: Sequence[Sample], params: SamplingParams | Bat
             for start in range(first, last, batch_size):
                 stop = min(start + batch_size, last)
                 call = params if isinstance(params, SamplingParams) else params(start, stop)
-                seeds = None
-                if call.seed is not None:  # per-sample streams, not the global RNG: the same on 1 and N processes
-                    seeds = [stream_key(call.seed, i) for i in range(start, stop)]
+                streams = None if seeds is None else list(seeds[start:stop])
+                if streams is None and call.seed is not None:  # per-sample streams: the same on 1 and N processes
+                    streams = [stream_key(call.seed, i) for i in range(start, stop)]
                     call = replace(call, seed=None)
-                groups.extend(engine.generate(list(samples[start:stop]), call, seeds=seeds))
+                groups.extend(engine.generate(list(samples[start:stop]), call, seeds=streams))
                 bar.update(task, completed=len(groups))
                 if on_batch is not None:
                     on_batch(len(groups))

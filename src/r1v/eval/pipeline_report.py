@@ -22,7 +22,6 @@ from r1v.config import to_dict
 from r1v.data.schema import Sample
 from r1v.data.sources import atomic_write_text
 from r1v.data.stage_data import read_stage_data
-from r1v.progress import progress_bar
 from r1v.tables import print_wide_table
 
 
@@ -70,23 +69,16 @@ def sample_pass_at_k(vlm: Any, samples: Sequence[Sample], settings: Any, k: int,
                      console: Console | None = None) -> dict:
     """k answers per sample at temperature 1 (seeded per item): {"k", "pass_at_1", "pass_at_k",
     "mixed_share"} (the last: share of items with some but not all k right, the groups GRPO learns from)."""
-    from r1v.eval.generate import correct_many
+    from r1v.eval.generate import correct_many, generate
     from r1v.eval.stats import pass_at_k
-    from r1v.rollout.engine import SamplingParams, TransformersEngine
-
-    engine = TransformersEngine(vlm)
+    from r1v.rollout.engine import SamplingParams
 
     params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=1.0, top_p=1.0,
                             repetition_penalty=1.0, n=k)
-    rights: list[int] = []
-    with progress_bar(console, enabled=console is not None, transient=True) as bar:
-        task = bar.add_task(f"sampling {k} answers per held-out item (pass@{k})", total=len(samples))
-        for start in range(0, len(samples), settings.batch_size):
-            chunk = list(samples[start:start + settings.batch_size])
-            groups = engine.generate(chunk, params, seeds=[start + i for i in range(len(chunk))])
-            for s, g in zip(chunk, groups, strict=True):
-                rights.append(sum(correct_many([c.answer for c in g], [s] * len(g))))
-            bar.update(task, completed=len(rights))
+    groups = generate(vlm, samples, params, batch_size=settings.batch_size, seeds=list(range(len(samples))),
+                      progress=f"sampling {k} answers per held-out item (pass@{k})" if console is not None else None,
+                      console=console)
+    rights = [sum(correct_many([c.answer for c in g], [s] * len(g))) for s, g in zip(samples, groups, strict=True)]
     n = len(rights)
     return {"k": k, "pass_n": n, "pass_at_1": sum(pass_at_k(k, c, 1) for c in rights) / n,
             "pass_at_k": sum(pass_at_k(k, c, k) for c in rights) / n,
