@@ -1,11 +1,14 @@
 """Generate in batches, then verify: the one loop every quick evaluation and pair maker shares.
 
-- `generate(vlm, samples, params, batch_size=...)`: one list of `params.n` completions per sample, the
-  model in eval mode for the call (its training flag restored after), `batch_size` prompts per engine call.
-  On N processes (torchrun, accelerate) each process generates its contiguous share of the samples and
-  every process gets every group, in order (`r1v.distributed`); with `params.seed` set, completion j of
-  sample i draws from the random stream (seed, i, j), so 1 and N processes sample the same completions.
+- `generate(model, samples, params, batch_size=...)`: one list of `params.n` completions per sample,
+  `batch_size` prompts per engine call (a model bundle in eval mode for the call, its training flag
+  restored after; or any engine). On N processes (torchrun, accelerate) each process generates its
+  contiguous share of the samples and every process gets every group, in order (`r1v.distributed`); with
+  `params.seed` set, completion j of sample i draws from the random stream (seed, i, j), so 1 and N
+  processes sample the same completions.
 - `correct_many(answers, samples)`: the rewards' answer extraction and verifiers, one bool per answer.
+- `verified(samples, completions)`, `assistant_turn(sample, completion)`: the generating stages' check of
+  a chain and the training turn it becomes.
 - `judge(vlm, samples)`: greedy answers verified against the gold answers (`Judged`); `heldout_accuracy`.
 - `rule_verdicts(samples, texts, truncated)`: per completion, correct / well-formed / hallucinated /
   truncated and the rule score `correct + well_formed - hallucinated` (MPO's pair judging).
@@ -25,31 +28,44 @@ from r1v.data.schema import PreferencePair, Sample
 from r1v.rollout.engine import Completion, SamplingParams
 from r1v.rollout.streams import stream_key
 
+BatchParams = Callable[[int, int], SamplingParams]
+"""`(start, stop) -> SamplingParams` for the samples `start:stop` (per-sample penalties, seeds)."""
 
-def generate(vlm: Any, samples: Sequence[Sample], params: SamplingParams, *, batch_size: int,
+
+def generate(model: Any, samples: Sequence[Sample], params: SamplingParams | BatchParams, *, batch_size: int,
              on_batch: Callable[[int], None] | None = None, gather: bool = True) -> list[list[Completion]]:
-    """`params.n` completions per sample from `vlm` (a model bundle), `batch_size` prompts per engine call,
-    each process its contiguous share (`dist.shard_bounds`); `on_batch(done)` is told how many of this
-    process's samples are done after each call. `gather=False` returns this process's share only."""
+    """`params.n` completions per sample, `batch_size` prompts per engine call, each process its contiguous
+    share of `samples` (`dist.shard_bounds`).
+
+    `model`: a model bundle (a `TransformersEngine` is made for it, the model in eval mode for the call and
+    its training flag restored after) or any engine with `generate(samples, params, seeds=None)`. `params`:
+    one `SamplingParams` for every call, or a `BatchParams` building each call's from the sample range.
+    `on_batch(done)` is told how many of this process's samples are done after each call. `gather=False`
+    returns this process's share only."""
     from r1v.rollout.engine import TransformersEngine
 
     rank, world = dist.world_info()
-    start, stop = dist.shard_bounds(len(samples), rank, world)
-    seeds = [stream_key(params.seed, i) for i in range(start, stop)] if params.seed is not None else None
-    params = replace(params, seed=None) if seeds is not None else params  # per-sample streams, not the global RNG
-    engine = TransformersEngine(vlm)
+    first, last = dist.shard_bounds(len(samples), rank, world)
+    is_engine = hasattr(model, "generate")
+    engine = model if is_engine else TransformersEngine(model)
     groups: list[list[Completion]] = []
-    was_training = vlm.model.training
-    vlm.model.eval()
+    was_training = None if is_engine else model.model.training
+    if not is_engine:
+        model.model.eval()
     try:
-        for at in range(start, stop, batch_size):
-            end = min(at + batch_size, stop)
-            groups.extend(engine.generate(list(samples[at:end]), params,
-                                          seeds=seeds[at - start:end - start] if seeds is not None else None))
+        for start in range(first, last, batch_size):
+            stop = min(start + batch_size, last)
+            call = params if isinstance(params, SamplingParams) else params(start, stop)
+            seeds = None
+            if call.seed is not None:  # per-sample streams, not the global RNG: the same on 1 and N processes
+                seeds = [stream_key(call.seed, i) for i in range(start, stop)]
+                call = replace(call, seed=None)
+            groups.extend(engine.generate(list(samples[start:stop]), call, seeds=seeds))
             if on_batch is not None:
                 on_batch(len(groups))
     finally:
-        vlm.model.train(was_training)
+        if was_training is not None:
+            model.model.train(was_training)
     return dist.gather(groups, world) if gather else groups
 
 
@@ -94,6 +110,27 @@ def judge(vlm: Any, samples: Sequence[Sample], *, max_new_tokens: int = 256, bat
         for i, ok in zip(gold, correct_many([answers[i] for i in gold], [samples[i] for i in gold]), strict=True):
             correct[i] = ok
     return Judged(correct, answers)
+
+
+def verified(samples: Sequence[Sample], completions: Sequence[Completion]) -> list[bool]:
+    """Is each completion's final answer (in its answer part) the sample's gold? (Chains without an answer
+    part are judged on their whole text; an empty answer never verifies.)"""
+    answers = [c.answer if c.think is not None else c.text for c in completions]
+    return [ok and bool(a.strip()) for ok, a in zip(correct_many(answers, samples), answers, strict=True)]
+
+
+def assistant_turn(sample: Sample, c: Completion) -> str:
+    """`<think>\\n{chain}\\n</think>\\n\\n{answer}`, with a `\\boxed{}` final answer added when missing."""
+    from r1v.rewards.extract import extract_answer, last_boxed
+    from r1v.rewards.rules import columns_of, gold_letter, is_multiple_choice
+
+    answer = c.answer.strip()
+    if last_boxed(answer) is None:
+        cols = columns_of(sample)
+        final = (gold_letter(str(sample.answer), cols.get("choices")) if is_multiple_choice(cols)
+                 else extract_answer(answer)) or str(sample.answer)
+        answer = f"{answer}\n\n\\boxed{{{final}}}".strip()
+    return f"<think>\n{(c.think or '').strip()}\n</think>\n\n{answer}"
 
 
 def heldout_accuracy(vlm: Any, samples: Sequence[Sample], *, max_new_tokens: int, batch_size: int = 8
