@@ -126,18 +126,9 @@ class TowerWithHeads:
 
 
 def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from r1v.progress import progress_bar
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    disable=not enabled)
+    return progress_bar(enabled=enabled)
 
 
 def train_tower(sources: Sequence[LabelledImages], *, config: dict | None = None, steps: int = 100,

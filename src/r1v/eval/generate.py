@@ -33,7 +33,8 @@ BatchParams = Callable[[int, int], SamplingParams]
 
 
 def generate(model: Any, samples: Sequence[Sample], params: SamplingParams | BatchParams, *, batch_size: int,
-             on_batch: Callable[[int], None] | None = None, gather: bool = True) -> list[list[Completion]]:
+             on_batch: Callable[[int], None] | None = None, gather: bool = True, progress: str | None = None,
+             console: Any = None) -> list[list[Completion]]:
     """`params.n` completions per sample, `batch_size` prompts per engine call, each process its contiguous
     share of `samples` (`dist.shard_bounds`).
 
@@ -41,7 +42,9 @@ def generate(model: Any, samples: Sequence[Sample], params: SamplingParams | Bat
     its training flag restored after) or any engine with `generate(samples, params, seeds=None)`. `params`:
     one `SamplingParams` for every call, or a `BatchParams` building each call's from the sample range.
     `on_batch(done)` is told how many of this process's samples are done after each call. `gather=False`
-    returns this process's share only."""
+    returns this process's share only. `progress` (a description) shows a progress bar with an ETA
+    (`r1v.progress`) on `console`."""
+    from r1v.progress import progress_bar
     from r1v.rollout.engine import TransformersEngine
 
     rank, world = dist.world_info()
@@ -53,16 +56,19 @@ def generate(model: Any, samples: Sequence[Sample], params: SamplingParams | Bat
     if not is_engine:
         model.model.eval()
     try:
-        for start in range(first, last, batch_size):
-            stop = min(start + batch_size, last)
-            call = params if isinstance(params, SamplingParams) else params(start, stop)
-            seeds = None
-            if call.seed is not None:  # per-sample streams, not the global RNG: the same on 1 and N processes
-                seeds = [stream_key(call.seed, i) for i in range(start, stop)]
-                call = replace(call, seed=None)
-            groups.extend(engine.generate(list(samples[start:stop]), call, seeds=seeds))
-            if on_batch is not None:
-                on_batch(len(groups))
+        with progress_bar(console, enabled=progress is not None and rank == 0, transient=True) as bar:
+            task = bar.add_task(progress or "generating", total=last - first)
+            for start in range(first, last, batch_size):
+                stop = min(start + batch_size, last)
+                call = params if isinstance(params, SamplingParams) else params(start, stop)
+                seeds = None
+                if call.seed is not None:  # per-sample streams, not the global RNG: the same on 1 and N processes
+                    seeds = [stream_key(call.seed, i) for i in range(start, stop)]
+                    call = replace(call, seed=None)
+                groups.extend(engine.generate(list(samples[start:stop]), call, seeds=seeds))
+                bar.update(task, completed=len(groups))
+                if on_batch is not None:
+                    on_batch(len(groups))
     finally:
         if was_training is not None:
             model.model.train(was_training)
@@ -102,7 +108,8 @@ class Judged:
 def judge(vlm: Any, samples: Sequence[Sample], *, max_new_tokens: int = 256, batch_size: int = 8,
           think: bool = True) -> Judged:
     """Generate one greedy answer per sample and verify it against the gold answer (rewards' verifiers)."""
-    groups = generate(vlm, samples, greedy(max_new_tokens, think=think), batch_size=batch_size)
+    groups = generate(vlm, samples, greedy(max_new_tokens, think=think), batch_size=batch_size,
+                      progress="judging (greedy answers)")
     answers = [g[0].answer for g in groups]
     correct: list[bool | None] = [None] * len(samples)
     gold = [i for i, s in enumerate(samples) if s.answer not in (None, "")]
@@ -169,7 +176,8 @@ def generate_pairs(vlm: Any, samples: Sequence[Sample], params: SamplingParams, 
     rank, world = dist.world_info()
     start, stop = dist.shard_bounds(len(samples), rank, world)
     groups, truncs = [], []
-    for g in generate(vlm, samples, params, batch_size=batch_size, gather=False):
+    for g in generate(vlm, samples, params, batch_size=batch_size, gather=False,
+                      progress=f"sampling {params.n} answers per prompt"):
         groups.append([as_assistant_turn(c.text) for c in g])
         truncs.append([c.finish_reason == "length" for c in g])
     samples = samples[start:stop]

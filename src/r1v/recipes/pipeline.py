@@ -45,6 +45,10 @@ class ReportRow:
     label: str = ""
     model: str = "final"
     """A key of the step's summary (dotted for nested values, e.g. `rounds.1.model`)."""
+    versus: str = ""
+    """The label of the earlier row this one is compared with ("" = the row before)."""
+    pass_at_k: bool = False
+    """Also sample `eval.pass_k` answers per held-out item (pass@1 and pass@k: what RL from here can sharpen)."""
 
 
 @dataclass
@@ -86,6 +90,13 @@ class Prepare:
     0: the train tasks' prompts."""
     align: int = 0
     """Rendered perception questions with one-word answers (the connector's alignment data) -> `{data}/align.jsonl`."""
+    val: int = 0
+    """Validation tasks for choices made during a run (R1V3's checkpoint choice), their own held-out stream
+    -> `{data}/val.jsonl` (prompts only)."""
+    pairs: int = 0
+    """Preference pairs (chosen: the worked chain; rejected: a hallucinated figure) -> `{data}/pairs.jsonl`."""
+    heldout_pairs: int = 0
+    """Held-out preference pairs (the reward model's pair accuracy) -> `{data}/heldout_pairs.jsonl`."""
     image_size: int = 112
     unanswerable_ratio: float = 0.1
     families: list[str] = field(default_factory=lambda: ["count", "arith", "digit", "bar", "compare"])
@@ -101,6 +112,10 @@ class EvalSettings:
     limit: int = 64
     max_new_tokens: int = 64
     batch_size: int = 16
+    pass_k: int = 4
+    """k of pass@k for report rows with `pass_at_k` (the RL step's group size)."""
+    pass_k_limit: int = 100
+    """pass@k is measured on the first this many held-out items (k sampled answers each cost a greedy pass)."""
 
 
 @dataclass
@@ -249,13 +264,14 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if cfg.prepare.train or cfg.prepare.heldout or cfg.prepare.text:
+    if any((cfg.prepare.train, cfg.prepare.heldout, cfg.prepare.text, cfg.prepare.pairs)):
         from r1v.data.demo_tasks import write_prepared
 
         write_prepared(cfg.prepare, out / "data", seed=cfg.seed)
     eval_samples = held_out(cfg.eval, out / "data")
     summaries: dict[str, dict] = {}
     rows: list[dict] = []
+    evaluated: dict[tuple[str, bool], dict] = {}
     steps = [s for s in cfg.steps if not s.only or cfg.scale in s.only]
     for i, step in enumerate(steps, start=1):
         handed = {}
@@ -287,9 +303,13 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
             if folder is None:
                 raise ConfigError(f"steps.{step.name}.report: the summary has no {r.model!r}")
             row = {"name": r.label or step.name, "step": step.name, "stage": step.stage, "model": str(folder),
-                   "train_seconds": round(seconds, 1)}
+                   "train_seconds": round(seconds, 1), "versus": r.versus}
             if eval_samples:
-                row.update(evaluate_model(str(folder), eval_samples, cfg.eval, console=console))
+                key = (str(folder), r.pass_at_k)  # a model listed twice (R1V3's chosen checkpoint) is evaluated once
+                if key not in evaluated:
+                    evaluated[key] = evaluate_model(str(folder), eval_samples, cfg.eval, console=console,
+                                                    pass_k=cfg.eval.pass_k if r.pass_at_k else 0)
+                row.update(evaluated[key])
             if step.stage == "grpo":
                 row.update(effective_ratio=summary.get("effective_ratio_mean"),
                            effective_ratio_without=summary.get("effective_ratio_without_mean"),
@@ -300,7 +320,31 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
         # the table so far, so a long run can be followed (and survives an interruption)
         atomic_write_text(out / "report.json", json.dumps({"partial": True, "stages": rows}, indent=2,
                                                           default=str) + "\n")
-    return write_report(cfg, rows, summaries, out, wall_seconds=time.perf_counter() - started, console=console)
+    return write_report(cfg, rows, summaries, out, wall_seconds=time.perf_counter() - started, console=console,
+                        extra=side_results(cfg, summaries))
+
+
+def side_results(cfg: PipelineConfig, summaries: dict[str, dict]) -> dict:
+    """Findings beside the table: the reward model's held-out pair accuracy, R1V3's checkpoint choice."""
+    out: dict[str, Any] = {}
+    for step in cfg.steps:
+        summary = summaries.get(step.name)
+        if not summary:
+            continue
+        if step.stage == "rm":
+            before, after = summary.get("accuracy_before", {}), summary.get("accuracy_after", {})
+            lines = [f"{step.name}: {summary['pairs']['used']} training pairs, {summary['steps']} steps; pair accuracy "
+                     f"(chosen scored above rejected) train {before.get('train', 0):.3f} -> {after.get('train', 0):.3f}"]
+            if after.get("heldout") is not None:
+                lines.append(f"held-out pair accuracy {before['heldout']:.3f} -> {after['heldout']:.3f}")
+            out["reward_model"] = {"step": step.name, "before": before, "after": after, "lines": lines}
+        if step.stage == "connector-tune" and summary.get("selection"):
+            sel = summary["selection"]
+            lines = [f"candidate {s['path']}: critical-token entropy {s['critical_entropy']:.4f}, validation reward "
+                     f"{s['reward']:.3f}" for s in sel["scores"]]
+            lines.append(f"chosen by {sel['rule']}: {sel['chosen']}")
+            out["selection"] = {**sel, "lines": lines}
+    return out
 
 
 def prune_checkpoints(step_dir: Path) -> int:
