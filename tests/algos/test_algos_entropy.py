@@ -11,9 +11,11 @@ from numerics import assert_close_scaled, close_scaled
 from r1v.algos.entropy import (
     connective_mask,
     critical_token_entropy,
+    entropy_sums,
     lse_and_entropy,
     select_checkpoint,
     span_before,
+    sum_means,
     token_entropy,
     top_entropy_per_sequence,
 )
@@ -105,3 +107,15 @@ def test_select_checkpoint_rules() -> None:
         select_checkpoint(scores, {100: 0.5})
     with pytest.raises(ConfigError):
         select_checkpoint({})
+
+
+def test_entropy_sums_add_up_over_micro_batches_to_the_batch_means() -> None:
+    ent = torch.tensor([[1.0, 3.0, 0.0], [2.0, 2.0, 4.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    span = torch.tensor([[True, True, False], [False, False, False]])  # the second row has no thinking span
+    whole = entropy_sums(ent, mask, span, top_fraction=0.5)
+    parts = [entropy_sums(ent[i:i + 1], mask[i:i + 1], span[i:i + 1], top_fraction=0.5) for i in range(2)]
+    added = {k: sum(p[k] for p in parts) for k in whole}
+    assert added == whole
+    means = sum_means(dict(added, loss=1.0))
+    assert means == {"entropy": 12.0 / 5, "entropy_critical": 3.0}  # row 0's top half: its 3.0

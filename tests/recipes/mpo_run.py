@@ -4,6 +4,7 @@ under torchrun).
     python tests/recipes/mpo_run.py OUT mpo [--fsdp] [--reference frozen] [--grad-accum 2]
     python tests/recipes/mpo_run.py OUT pairs          # MPO's pair generation only (generate_pairs)
     python tests/recipes/mpo_run.py OUT iterative-sft [--grad-accum 2]
+    python tests/recipes/mpo_run.py OUT rejection-sample    # the tiny model as the teacher
     torchrun --nproc_per_node 2 tests/recipes/mpo_run.py OUT ...
 
 Writes OUT/final_weights.safetensors (process 0) for the training modes, and OUT/generated-rank{r}.jsonl: the
@@ -51,7 +52,7 @@ def save_weights(folder: str, out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
-    ap.add_argument("mode", choices=["mpo", "pairs", "iterative-sft"])
+    ap.add_argument("mode", choices=["mpo", "pairs", "iterative-sft", "rejection-sample"])
     ap.add_argument("--fsdp", action="store_true")
     ap.add_argument("--reference", default="precompute")
     ap.add_argument("--grad-accum", type=int, default=1)
@@ -84,6 +85,17 @@ def main() -> None:
                                        pairs_per_prompt=1)
         if rank == 0:
             (a.out / "counts.json").write_text(json.dumps({"counts": counts, "pairs": len(pairs)}))
+        return
+    if a.mode == "rejection-sample":
+        from r1v.config import load_config
+        from r1v.eval import generate as gen
+        from r1v.recipes import rejection_sample as rs
+
+        rs.generate = gen.generate  # the recording loop
+        cfg = load_config(rs.RejectionSampleConfig, Path(__file__).parents[2] / "configs" / "rejection_sample.yaml",
+                          ["data=synthetic:5", f"out={a.out / 'rs'}", "samples_per_prompt=2",
+                           "generation.max_new_tokens=8", "generation.max_think_tokens=4"])
+        rs.run(cfg)
         return
     if a.mode == "mpo":
         from r1v.recipes import mpo

@@ -23,6 +23,7 @@ from r1v.processing.processor import Processor  # noqa: E402
 from r1v.recipes import run_stage  # noqa: E402
 from r1v.recipes.mpo import collate_pairs, encode_pair, pair_logps  # noqa: E402
 from r1v.rewards.reward_model import with_answer  # noqa: E402
+from r1v.train import TrainConfig  # noqa: E402
 
 pytestmark = pytest.mark.numerics  # float tolerances: `make test-portable` reruns these
 
@@ -133,3 +134,31 @@ def test_bad_pairs_name_file_record_and_field(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "record 5" in res.output and "Traceback" not in res.output
     summary = run_stage("mpo", None, [*base, "on_bad_sample=skip"])
     assert summary["bad_samples"]["skipped"] == 1 and summary["pairs"]["used"] == 4
+
+
+def test_iterative_mpo_regenerates_pairs_from_the_current_policy(tmp_path: Path, monkeypatch) -> None:
+    """`regenerate_every: 1`: round 0 trains on pairs from the starting model, round 1 on new pairs sampled
+    from the model round 0 left. The tiny random model never answers right, so the judge here calls a
+    completion good when its text has an even length (the pairing and the rounds are what is tested)."""
+    from r1v.errors import ConfigError
+    from r1v.eval import generate as gen
+    from r1v.recipes.mpo import MPOConfig
+
+    def parity_verdicts(samples, texts, truncated):
+        return [{"correct": len(t) % 2 == 0, "well_formed": True, "hallucinated": False, "truncated": tr,
+                 "rule_score": float(len(t) % 2 == 0)} for t, tr in zip(texts, truncated, strict=True)]
+
+    monkeypatch.setattr(gen, "rule_verdicts", parity_verdicts)
+    out = tmp_path / "it"
+    summary = run_stage("mpo", None, ["source=generate", "data=synthetic:8", "samples_per_prompt=4",
+                                      "max_new_tokens=6", "regenerate_every=1", "train.max_steps=2",
+                                      "train.micro_batch_size=2", "train.lr=1e-2", "max_seq_len=2048",
+                                      *fast_train(out)])
+    assert [r["round"] for r in summary["rounds"]] == [0, 1] and [r["steps"] for r in summary["rounds"]] == [1, 1]
+    first, second = (out / "pairs.jsonl").read_text(), (out / "rounds" / "round-1" / "pairs.jsonl").read_text()
+    assert first and second and first != second  # new pairs from the updated policy
+    assert (out / "rounds" / "round-1" / "checkpoints").is_dir() and (out / "final" / "r1v.json").exists()
+    with pytest.raises(ConfigError, match="regenerate_every"):
+        MPOConfig(regenerate_every=2).validate()  # source: file
+    with pytest.raises(ConfigError, match="unsharded"):
+        MPOConfig(source="generate", regenerate_every=2, train=TrainConfig(max_steps=4, fsdp=True)).validate()

@@ -1,4 +1,4 @@
-"""MPO and iterative SFT on 2 gloo processes against 1: every prompt of a generation pass handled by exactly
+"""MPO, iterative SFT and rejection sampling on 2 gloo processes against 1: every prompt of a generation pass handled by exactly
 one process (the same completions), and the final weights equal up to float reordering (DDP with precomputed
 reference log-probs, and FSDP2's `fully_shard` with the frozen reference sharded too)."""
 
@@ -96,3 +96,14 @@ def test_iterative_sft_on_two_processes_judges_each_item_once_and_trains_as_one(
     assert sorted(r["id"] for p in parts for r in p) == sorted(ids)
     assert sorted(json.dumps(r) for p in parts for r in p) == sorted(json.dumps(r) for r in whole)
     _same_weights(one, two, start)
+
+
+def test_rejection_sampling_on_two_processes_generates_each_prompt_once(tmp_path: Path) -> None:
+    one, two = _both(tmp_path, "rejection-sample")
+    (whole,), parts = _generated(one), _generated(two)
+    assert len(parts) == 2 and [r["id"] for p in parts for r in p] == [r["id"] for r in whole]
+    assert not {r["id"] for r in parts[0]} & {r["id"] for r in parts[1]}
+    assert [r["texts"] for p in parts for r in p] == [r["texts"] for r in whole]
+    a, b = (json.loads((d / "rs" / "summary.json").read_text()) for d in (one, two))
+    assert {k: a[k] for k in ("generated", "kept", "filtered")} == {k: b[k] for k in ("generated", "kept", "filtered")}
+    assert (one / "rs" / "data.jsonl").read_text() == (two / "rs" / "data.jsonl").read_text()

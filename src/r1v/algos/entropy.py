@@ -141,6 +141,27 @@ def top_entropy_per_sequence(entropy: torch.Tensor, mask: torch.Tensor,
     return torch.where(n > 0, out, torch.full_like(out, float("nan")))
 
 
+def entropy_sums(entropy: torch.Tensor, mask: torch.Tensor, span: torch.Tensor,
+                 top_fraction: float = 0.2) -> dict[str, float]:
+    """What two batch means are made of, as sums that add up over micro-batches and processes: the token
+    entropy `[B, T]` over `mask` (`entropy:sum`, `entropy:n`) and each sequence's top-`top_fraction` entropy
+    over its `span` (`entropy_critical:sum`, `entropy_critical:n`: sequences with a span). `sum_means` turns
+    them into `entropy` and `entropy_critical`."""
+    critical = top_entropy_per_sequence(entropy, span, top_fraction)  # [B], NaN without a span
+    return {"entropy:sum": float((entropy * mask).sum()), "entropy:n": float(mask.sum()),
+            "entropy_critical:sum": float(critical.nansum()), "entropy_critical:n": float((~critical.isnan()).sum())}
+
+
+def sum_means(metrics: dict[str, float]) -> dict[str, float]:
+    """Pop every `name:sum` / `name:n` pair out of `metrics`; returns `{name: sum / n}` (NaN for n = 0)."""
+    names = [k[:-4] for k in list(metrics) if k.endswith(":sum")]
+    out = {}
+    for name in names:
+        total, n = metrics.pop(f"{name}:sum"), metrics.pop(f"{name}:n")
+        out[name] = total / n if n else math.nan
+    return out
+
+
 def critical_token_entropy(entropy: torch.Tensor, span_mask: torch.Tensor, top_fraction: float = 0.2,
                            critical_mask: torch.Tensor | None = None) -> float:
     """R1V3's indicator as defined in this module's docstring.

@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from rich.console import Console
 
+from r1v import distributed as dist
 from r1v.algos.length import drlc_penalty, minmax_normalise
 from r1v.atomic import write_summary
 from r1v.config import to_dict
@@ -151,7 +152,9 @@ def run_with(cfg: DistillConfig, student: Any, *, teacher: Any = None, judge: An
                             {"raw": raw, "norm": norm, "penalty": penalty})
     summary.update(judge_fallbacks=dict(scorers.fallbacks), bad_samples=bad.summary(),
                    seconds=round(time.time() - t0, 3), config=to_dict(cfg))
-    write_summary(cfg.out, summary)
+    if dist.world_info()[0] == 0:
+        write_summary(cfg.out, summary)
+    dist.barrier()
     console.print(f"distill: kept {summary['kept']}, revised {summary['revised']}, dropped {summary['dropped']}, "
                   f"skipped {bad.summary()['skipped']} -> {cfg.out / 'data.jsonl'}")
     return summary
@@ -234,9 +237,10 @@ def write_outputs(cfg: DistillConfig, prompts: Sequence[Row], samples: Sequence[
             meta["think_tokens"] = c.num_think_tokens
             out_rows.append(replace(s, messages=[*s.messages, Message("assistant", assistant_turn(s, c))],
                                     meta=meta))
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out_rows, cfg.out / "data.jsonl")
-    write_jsonl(dropped_rows, cfg.out / "dropped.jsonl")
+    if dist.world_info()[0] == 0:  # generation was split over the processes; one writes
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out_rows, cfg.out / "data.jsonl")
+        write_jsonl(dropped_rows, cfg.out / "dropped.jsonl")
     counts = Counter(sources)
     return {"stage": "distill", "prompts": len(prompts), "kept": counts["kept"], "revised": counts["revised"],
             "dropped": counts["dropped"], "written": len(out_rows),

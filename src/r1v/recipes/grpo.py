@@ -30,7 +30,7 @@ from rich.console import Console
 
 from r1v import distributed as dist
 from r1v.algos.advantages import ADVANTAGES, compute_advantages
-from r1v.algos.entropy import span_before, top_entropy_per_sequence
+from r1v.algos.entropy import entropy_sums, span_before, sum_means
 from r1v.algos.logprobs import batch_logps, completion_logps
 from r1v.algos.losses import LOSS_TYPES, grpo_loss, loss_units
 from r1v.algos.ssb import SelectiveSampleBuffer, SSBConfig, fill_batch
@@ -47,9 +47,9 @@ from r1v.rollout.batch import RolloutItem, micro_batches, set_old_logps
 from r1v.rollout.engine import THINK_CLOSE, SamplingParams
 from r1v.rollout.groups import GroupSampling, group_metrics, prefilter, rollout, score
 from r1v.rollout.policy import VLLMOptions, make_engine, rollout_copy, sync_weights
-from r1v.train import TrainConfig, TrainState, save_checkpoint
+from r1v.train import TrainConfig, save_checkpoint
 from r1v.train.loop import LossOutput, Objective, epoch_order, prepare_run, setup_accelerator, train_step
-from r1v.train.metrics import plot_metrics, plot_reward_and_ratio, read_metrics
+from r1v.train.metrics import metric_series, plot_metrics, plot_reward_and_ratio, read_metrics
 from r1v.train.shard import frozen_reference, place_reference, plain_module
 
 
@@ -188,14 +188,10 @@ def grpo_objective(cfg: GRPOConfig, close_ids: Sequence[int]) -> Objective:
                              loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length,
                              sequence_mask=batch["sequence_mask"], entropy=ent)
         span = span_before(ids, close_ids, mask) if close_ids else mask.bool()
-        critical = top_entropy_per_sequence(ent, span, cfg.critical_top_fraction)  # [N], NaN without a span
         n = float(count(batch))
         sums = {k: m[k] * n for k in ("clip_frac", "clip_frac_low", "clip_frac_high", "kl_mean", "ratio_mean")
                 if not math.isnan(m[k])}
-        sums.update({"entropy:sum": float((ent * mask).sum()), "entropy:n": float(mask.sum()),
-                     "entropy_critical:sum": float(critical.nansum()),
-                     "entropy_critical:n": float((~critical.isnan()).sum())})
-        return LossOutput(value * n, sums)
+        return LossOutput(value * n, {**sums, **entropy_sums(ent, mask, span, cfg.critical_top_fraction)})
 
     return Objective(loss=loss, units=count, name="loss")
 
@@ -221,11 +217,8 @@ def update(run: Any, batch: Rollouts, prompts: Sequence[Sample], processor: Any,
             break
         step = train_step(run.accelerator, run.model, run.optimizer, run.scheduler, micro, objective, loop_cfg)
         run.state.step += 1
-        for name in ("entropy", "entropy_critical"):
-            total_, n = step.pop(f"{name}:sum"), step.pop(f"{name}:n")
-            if k == 0:
-                metrics[name] = total_ / n if n else math.nan
-        metrics.update(step)
+        entropy = sum_means(step)  # of the policy that sampled the batch: the first step's
+        metrics.update(step, **(entropy if k == 0 else {}))
     return metrics
 
 
@@ -255,7 +248,7 @@ def train_grpo(vlm: Any, prompts: Sequence[Sample], cfg: GRPOConfig, *, processo
     total = tc.max_steps if tc.max_steps is not None else per_epoch * tc.epochs * cfg.num_iterations
     run = prepare_run(vlm.model, loop_cfg, total, accelerator=accelerator, extra={"rollouts": 0},
                       run_config=to_dict(cfg), description="grpo")
-    state, main, logger, progress = run.state, accelerator.is_main_process, run.logger, run.progress
+    state, logger, progress = run.state, run.logger, run.progress
     ref = place_reference(ref, accelerator, tc.fsdp) if ref is not None else None
     buffer = SelectiveSampleBuffer(cfg.ssb) if cfg.ssb is not None else None
     if buffer is not None and state.extra.get("ssb") is not None:
@@ -283,28 +276,24 @@ def train_grpo(vlm: Any, prompts: Sequence[Sample], cfg: GRPOConfig, *, processo
                 save_checkpoint(tc.out_dir, state, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
                                 accelerator=accelerator, keep_last=tc.keep_last, config=to_dict(cfg))
     finally:
-        progress.close()
-        logger.close()
+        run.close()
     sync()
-    final = rollout_vlm or replace(vlm, model=plain_module(run.model, accelerator))
-    return finish(cfg, final, logger.path, state, run.resumed, metrics, main)
+    return finish(cfg, rollout_vlm or replace(vlm, model=plain_module(run.model, accelerator)), run, metrics)
 
 
-def finish(cfg: GRPOConfig, vlm: Any, metrics_path: Path, state: TrainState, resumed: Path | None,
-           last: dict[str, float], main: bool) -> dict:
+def finish(cfg: GRPOConfig, vlm: Any, run: Any, last: dict[str, float]) -> dict:
     """The run's summary (and, on the main process, the final model folder, plots and summary.json)."""
-    out = cfg.train.out_dir
+    out, state, resumed, main = cfg.train.out_dir, run.state, run.resumed, run.accelerator.is_main_process
+    metrics_path = run.logger.path
     rows = [r for r in read_metrics(metrics_path) if "reward" in r] if main and metrics_path.exists() else []
-
-    def mean(key: str) -> float:
-        vals = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-        return statistics.fmean(vals) if vals else math.nan
+    means = {k: statistics.fmean(v) for k, (_, v) in metric_series(rows).items()}
 
     summary = {
         "stage": "grpo", "model": cfg.model, "data": cfg.data, "steps": state.step, "run": str(out),
         "rollout_batches": state.extra.get("rollouts", 0), "resumed_from": str(resumed) if resumed else None,
         "reward_first": rows[0]["reward"] if rows else None, "reward_last": rows[-1]["reward"] if rows else None,
-        "effective_ratio_mean": mean("effective_ratio"), "effective_ratio_without_mean": mean("effective_ratio_without"),
+        "effective_ratio_mean": means.get("effective_ratio", math.nan),
+        "effective_ratio_without_mean": means.get("effective_ratio_without", math.nan),
         "last_metrics": last, "config": to_dict(cfg),
     }
     if main:

@@ -31,6 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
+from r1v import distributed as dist
 from r1v.atomic import write_summary
 from r1v.config import to_dict
 from r1v.data.schema import Message
@@ -170,8 +171,10 @@ def run_with(cfg: RejectionSampleConfig, teacher: Any, console: Console | None =
                         repeat_ratio=round(repeat_ratio(f"{c.think} {c.answer}", cfg.filters.repeat_ngram), 6))
             rows.append(replace(s, id=f"{s.id}#r{j}", meta=meta,
                                 messages=[*s.messages, Message("assistant", assistant_turn(s, c))]))
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(rows, cfg.out / "data.jsonl")
+    main = dist.world_info()[0] == 0  # generation was split over the processes; one writes
+    if main:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(rows, cfg.out / "data.jsonl")
     generated = sum(len(g) for g in groups)
     summary = {
         "stage": "rejection-sample", "prompts": len(prompts), "generated": generated, "kept": len(rows),
@@ -180,7 +183,9 @@ def run_with(cfg: RejectionSampleConfig, teacher: Any, console: Console | None =
         "bad_samples": bad.summary(), "files": {"data": str(cfg.out / "data.jsonl")},
         "seconds": round(time.time() - t0, 3), "config": to_dict(cfg),
     }
-    write_summary(cfg.out, summary)
+    if main:
+        write_summary(cfg.out, summary)
+    dist.barrier()
     console.print(f"rejection-sample: {len(rows)} of {generated} completions kept from {len(prompts)} prompts; "
                   f"skipped {bad.summary()['skipped']} bad samples -> {cfg.out / 'data.jsonl'}")
     return summary

@@ -255,6 +255,11 @@ class PreparedRun:
     logger: MetricsLogger
     progress: Progress
 
+    def close(self) -> None:
+        """Close the progress bar and the metrics logger (the run's `finally`)."""
+        self.progress.close()
+        self.logger.close()
+
 
 def prepare_run(model: nn.Module, cfg: TrainConfig, total: int, *, accelerator: Any = None,
                 extra: dict | None = None, run_config: dict | None = None, description: str = "train") -> PreparedRun:
@@ -351,8 +356,7 @@ def train(model: nn.Module, dataset: Sequence[Any], objective: Objective, cfg: T
                                              scheduler=scheduler, accelerator=accelerator, export_fn=export_fn,
                                              keep_last=cfg.keep_last, config=to_dict(cfg))
     finally:
-        progress.close()
-        logger.close()
+        run.close()
     if main and cfg.plots and logger.path.exists():
         try:
             plot_metrics(logger.path, cfg.out_dir / "plots")
