@@ -442,12 +442,13 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for the report and plots.")] = Path("runs/demo"),
     quick: Annotated[bool, typer.Option(help="A shorter run (at most 5 minutes).")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    generation: Annotated[str, typer.Option(help="r1v (default) | r1v2 | r1v3: which generation's recipe.")] = "r1v",
 ) -> None:
-    """The R1V recipe end to end at micro scale on the built-in real parts."""
+    """An R1V generation's recipe end to end at micro scale on the built-in real parts."""
     from r1v.recipes.demo import run_demo
 
     try:
-        run_demo(out=out, quick=quick, seed=seed)
+        run_demo(out=out, quick=quick, seed=seed, generation=generation)
     except R1VError as e:
         _fail(e)
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from r1v.data.demo_tasks import chain, rendered_rows, short_rows, synthetic_rows, text_rows, write_prepared
+from r1v.data.demo_tasks import (
+    chain,
+    pair_rows,
+    rendered_rows,
+    short_rows,
+    synthetic_rows,
+    text_rows,
+    write_prepared,
+)
 from r1v.recipes.pipeline import Prepare
 
 
@@ -58,3 +66,20 @@ def test_prepared_rl_prompts_are_the_train_prompts_or_their_own_stream(tmp_path:
     assert len(rl) == 5 and all(r["answer"] and len(r["messages"]) == 1 for r in rl)  # prompts with gold answers
     assert set(scenes(own["rl"])).isdisjoint(scenes(own["train"]))
     assert all((own["rl"].parent / r["images"][0]).exists() for r in rl)
+
+
+def test_preference_pairs_reject_a_hallucinated_figure(tmp_path: Path) -> None:
+    from r1v.data.pairs import read_pairs
+
+    pairs = pair_rows(24, seed=1, families=["count", "compare"], difficulties=[1], unanswerable_ratio=0.3)
+    for p in pairs:
+        s = p["sample"]
+        assert p["chosen"].endswith(f"\\boxed{{{s.answer}}}") and not p["rejected"].endswith(f"\\boxed{{{s.answer}}}")
+        if s.meta.get("unanswerable"):
+            assert "I see no" in p["chosen"] and "there are 1." in p["rejected"]  # a number for an absent object
+    assert any(p["sample"].meta.get("unanswerable") for p in pairs)
+    prep = Prepare(pairs=6, heldout_pairs=3, val=2, families=["count"], difficulties=[1])
+    files = write_prepared(prep, tmp_path, seed=0)
+    back = read_pairs(files["pairs"])
+    assert len(back) == 6 and len(read_pairs(files["heldout_pairs"])) == 3 and back[0].pair.chosen_score == 1.0
+    assert Path(back[0].pair.sample.images[0]).exists() and files["val"].exists()

@@ -81,6 +81,34 @@ def test_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
     assert cfg.prune_checkpoints and not list(tmp_path.rglob("checkpoints"))
 
 
+@pytest.mark.parametrize("generation", ["r1v2", "r1v3"])
+def test_tiny_demo_generations_end_to_end(generation: str, tmp_path: Path) -> None:
+    cfg = load_config(PipelineConfig, CONFIGS / f"demo_{generation}.yaml", [f"out_dir={tmp_path}", "scale=tiny"])
+    report = run(cfg)
+    names = [s["name"] for s in report["stages"]]
+    for s in report["stages"]:
+        assert 0.0 <= s["accuracy"] <= 1.0 and s["n"] == 4 and len(s["correct"]) == 4
+        assert s["hallucination_rate"] is None or 0.0 <= s["hallucination_rate"] <= 1.0
+    if generation == "r1v2":
+        assert names == ["assembled (no SFT)", "SFT", "DPO only", "MPO", "MPO + GRPO (hybrid reward, SSB)"]
+        rm = report["reward_model"]
+        assert rm["after"]["heldout"] is not None and "held-out pair accuracy" in (tmp_path / "report.md").read_text()
+        grpo = json.loads((tmp_path / "grpo" / "summary.json").read_text())
+        assert grpo["config"]["reward_model"] == json.loads((tmp_path / "rm" / "summary.json").read_text())["final"]
+        dpo = json.loads((tmp_path / "dpo" / "summary.json").read_text())
+        assert dpo["config"]["weights"] == [1.0, 0.0, 0.0]
+        assert report["stages"][3]["pass_at_k"] is not None and report["stages"][-1]["effective_ratio"] is not None
+    else:
+        assert names == ["assembled", "teacher (SFT)", "cold-start SFT", "RL first half (GRPO)", "RL last (GRPO)",
+                         "entropy-chosen checkpoint", "connector-only tune"]
+        sel = report["selection"]
+        assert [s["path"] for s in sel["scores"]] == [str(tmp_path / "grpo-1" / "final"),
+                                                     str(tmp_path / "grpo-2" / "final")]
+        assert report["stages"][5]["model"] == sel["chosen"]
+        assert "Checkpoint choice" in (tmp_path / "report.md").read_text()
+    assert report["verdicts"] and (tmp_path / "report.html").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("generation", ["r1v", "r1v2", "r1v3"])
 def test_generation_recipes_run_at_tiny_scale(generation: str, tmp_path: Path) -> None:

@@ -8,9 +8,12 @@ data specs, all generated from a seed.
 - `text_rows`: text-only `<think>` arithmetic in the same words, for the "reasoning" LLM variant.
 - `short_rows`: rendered tasks as perception questions with a one-word answer ("How many stars are there
   in the image? Answer with one word." -> "4"), no thinking: the connector's alignment data.
+- `pair_rows`: preference pairs for the reward model and MPO: chosen = the worked chain, rejected = the
+  same words with a hallucinated figure (a count off by one, the other colour, a number for an absent
+  object).
 - `write_prepared`: `train.jsonl` (with chains), `rl.jsonl` (prompts only), `heldout.jsonl` (held-out
-  split, prompts only), `align.jsonl` (short answers) and `text.jsonl` into a folder; stages read them as
-  ordinary data files.
+  split, prompts only), `align.jsonl` (short answers), `text.jsonl`, `pairs.jsonl`,
+  `heldout_pairs.jsonl` and `val.jsonl` into a folder; stages read them as ordinary data files.
 - `rendered_source`: rendered images with class labels (family, shape counts, digits, largest colour) as a
   `LabelledImages` source for the vision tower's pretraining beside easy-VQA.
 
@@ -158,6 +161,48 @@ def text_rows(n: int, *, seed: int = 0) -> list[Row]:
     return rows
 
 
+def wrong_answer(task: Sample) -> str:
+    """A plausible hallucinated answer: the count off by one (a number for an absent object), or the
+    other colour the question names."""
+    answer = str(task.answer)
+    if answer.isdigit():
+        return str(int(answer) + 1) if int(answer) == 0 or task.meta["seed_parity"] else str(int(answer) - 1)
+    named = [c for c in COLOURS if c in task.question and c != answer]
+    return named[0] if named else next(c for c in COLOURS if c != answer)
+
+
+def pair_rows(n: int, *, seed: int = 0, split: str = "train", **kw: Any) -> list[dict]:
+    """n preference pairs (prompt + chosen/rejected texts) of rendered tasks from their own stream
+    (base seed + 4000): chosen the worked chain, rejected the same words reaching a hallucinated answer."""
+    tasks = generate_tasks(n, seed=seed + 4000, split=split, image_size=kw.get("image_size", 112),
+                           families=tuple(kw.get("families", FAMILIES)),
+                           difficulties=tuple(kw.get("difficulties", (1, 2))),
+                           unanswerable_ratio=kw.get("unanswerable_ratio", 0.1))
+    out = []
+    for i, task in enumerate(tasks):
+        task = replace(task, meta={**task.meta, "seed_parity": i % 2})
+        wrong, thought = wrong_answer(task), chain(task)
+        if task.meta["family"] == "count":
+            target = task.meta["target"]
+            what = f"{target['colour'] + ' ' if target.get('colour') else ''}{plural(target['kind'])}"
+            bad = f"I count the {what}: there are {wrong}."
+        else:
+            bad = thought.replace(str(task.answer), wrong)
+        meta = {k: v for k, v in task.meta.items() if k != "seed_parity"}
+        out.append({"sample": replace(prompt_sample(task), meta=meta), "chosen": target_text(thought, task.answer),
+                    "rejected": target_text(bad, wrong)})
+    return out
+
+
+def _write_pairs(pairs: list[dict], path: Path, image_dir: Path) -> Path:
+    lines = []
+    for p in pairs:
+        rec = sample_to_record(p["sample"], base=path.parent, image_dir=image_dir)
+        rec.update(chosen=p["chosen"], rejected=p["rejected"], chosen_score=1.0, rejected_score=0.0)
+        lines.append(json.dumps(rec))
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
 def _write(rows: list[Row], path: Path, image_dir: Path) -> Path:
     lines = [json.dumps(sample_to_record(r.sample, base=path.parent, image_dir=image_dir)) for r in rows]
     return atomic_write_text(path, "\n".join(lines) + "\n")
@@ -185,6 +230,14 @@ def write_prepared(prep: Any, folder: Path, *, seed: int = 0) -> dict[str, Path]
                                 folder / "heldout.jsonl", images)
     if prep.text:
         out["text"] = _write(text_rows(prep.text, seed=seed), folder / "text.jsonl", images)
+    if getattr(prep, "val", 0):  # a validation split for choices made during a run (its own stream)
+        out["val"] = _write(rendered_rows(prep.val, split="heldout", with_target=False, **{**kw, "seed": seed + 5000}),
+                            folder / "val.jsonl", images)
+    if getattr(prep, "pairs", 0):
+        out["pairs"] = _write_pairs(pair_rows(prep.pairs, split="train", **kw), folder / "pairs.jsonl", images)
+    if getattr(prep, "heldout_pairs", 0):
+        out["heldout_pairs"] = _write_pairs(pair_rows(prep.heldout_pairs, split="heldout", **kw),
+                                            folder / "heldout_pairs.jsonl", images)
     return out
 
 

@@ -22,6 +22,7 @@ from r1v.config import to_dict
 from r1v.data.schema import Sample
 from r1v.data.sources import atomic_write_text
 from r1v.data.stage_data import read_stage_data
+from r1v.progress import progress_bar
 from r1v.tables import print_wide_table
 
 
@@ -33,24 +34,20 @@ def held_out(settings: Any, data_dir: Path) -> list[Sample]:
     return [r.sample for r in read_stage_data(spec, limit=settings.limit, with_target=False)]
 
 
-def evaluate_model(folder: str, samples: Sequence[Sample], settings: Any, console: Console | None = None) -> dict:
+def evaluate_model(folder: str, samples: Sequence[Sample], settings: Any, console: Console | None = None,
+                   pass_k: int = 0) -> dict:
     """Greedy answers of the model in `folder` on `samples`: accuracy (overall, by family, unanswerable),
-    mean thinking tokens, hallucination rate and a few example completions."""
+    per-item correctness (`correct`, for paired intervals), mean thinking tokens, hallucination rate and a
+    few example completions; with `pass_k` > 0 also pass@1 and pass@k of k answers sampled at temperature 1
+    (what RL starting from this model can sharpen)."""
     from r1v.eval.generate import correct_many, generate, greedy
     from r1v.eval.hallucination import hallucination_report
     from r1v.model.build import load_vlm
 
     vlm = load_vlm(folder)
-    what = "evaluating on the held-out set"
-    status = console.status(what) if console else None
-    if status:
-        status.start()
-    try:
-        groups = generate(vlm, samples, greedy(settings.max_new_tokens), batch_size=settings.batch_size,
-                          on_batch=(lambda done: status.update(f"{what}: {done}/{len(samples)}")) if status else None)
-    finally:
-        if status:
-            status.stop()
+    what = f"evaluating {Path(folder).parent.name}/{Path(folder).name} on the held-out set"
+    groups = generate(vlm, samples, greedy(settings.max_new_tokens), batch_size=settings.batch_size,
+                      progress=what if console is not None else None, console=console)
     completions = [g[0] for g in groups]
     correct = correct_many([c.answer for c in completions], samples)
     by_family: dict[str, list[bool]] = {}
@@ -58,7 +55,9 @@ def evaluate_model(folder: str, samples: Sequence[Sample], settings: Any, consol
         key = "unanswerable" if s.meta.get("unanswerable") else str(s.meta.get("family", "other"))
         by_family.setdefault(key, []).append(ok)
     hall = hallucination_report(samples, [c.text for c in completions], with_items=False)
-    return {"accuracy": sum(correct) / len(correct) if correct else None,
+    sampled = (sample_pass_at_k(vlm, samples[:getattr(settings, "pass_k_limit", len(samples))], settings, pass_k,
+                                console) if pass_k > 0 else {})
+    return {**sampled, "correct": correct, "accuracy": sum(correct) / len(correct) if correct else None,
             "accuracy_by_family": {k: sum(v) / len(v) for k, v in sorted(by_family.items())},
             "n": len(samples), "think_tokens_mean": sum(c.num_think_tokens for c in completions) / len(completions),
             "hallucination_rate": hall["rate"], "hallucination_scored": hall["scored"],
@@ -67,18 +66,103 @@ def evaluate_model(folder: str, samples: Sequence[Sample], settings: Any, consol
                          for s, c, ok in list(zip(samples, completions, correct, strict=True))[:3]]}
 
 
+def sample_pass_at_k(vlm: Any, samples: Sequence[Sample], settings: Any, k: int,
+                     console: Console | None = None) -> dict:
+    """k answers per sample at temperature 1 (seeded per item): {"k", "pass_at_1", "pass_at_k",
+    "mixed_share"} (the last: share of items with some but not all k right, the groups GRPO learns from)."""
+    from r1v.eval.generate import correct_many
+    from r1v.eval.stats import pass_at_k
+    from r1v.rollout.engine import SamplingParams, TransformersEngine
+
+    engine = TransformersEngine(vlm)
+
+    params = SamplingParams(max_new_tokens=settings.max_new_tokens, temperature=1.0, top_p=1.0,
+                            repetition_penalty=1.0, n=k)
+    rights: list[int] = []
+    with progress_bar(console, enabled=console is not None, transient=True) as bar:
+        task = bar.add_task(f"sampling {k} answers per held-out item (pass@{k})", total=len(samples))
+        for start in range(0, len(samples), settings.batch_size):
+            chunk = list(samples[start:start + settings.batch_size])
+            groups = engine.generate(chunk, params, seeds=[start + i for i in range(len(chunk))])
+            for s, g in zip(chunk, groups, strict=True):
+                rights.append(sum(correct_many([c.answer for c in g], [s] * len(g))))
+            bar.update(task, completed=len(rights))
+    n = len(rights)
+    return {"k": k, "pass_n": n, "pass_at_1": sum(pass_at_k(k, c, 1) for c in rights) / n,
+            "pass_at_k": sum(pass_at_k(k, c, k) for c in rights) / n,
+            "mixed_share": sum(0 < c < k for c in rights) / n}
+
+
 # ---------------------------------------------------------------------------------------------- verdicts
+
+def baseline(rows: list[dict], i: int) -> dict | None:
+    """The row that row i is compared with: the one its `versus` names, else the row before it."""
+    want = rows[i].get("versus")
+    if want:
+        return next((r for r in rows[:i] if r["name"] == want), None)
+    return rows[i - 1] if i else None
+
+
+def change(prev: dict, cur: dict) -> dict | None:
+    """The paired-bootstrap change in accuracy from `prev` to `cur` (same items), or None without items."""
+    from r1v.eval.stats import paired_bootstrap
+
+    a, b = prev.get("correct"), cur.get("correct")
+    if not a or not b or len(a) != len(b):
+        return None
+    return paired_bootstrap(a, b)
+
+
+def _change_words(d: dict) -> str:
+    ci = f"{d['delta']:+.3f}, 95% CI [{d['low']:+.3f}, {d['high']:+.3f}], n={d['n']}"
+    if d["low"] == d["high"] == 0:
+        return f"did not change held-out accuracy on any item ({ci})"
+    if d["low"] > 0:
+        return f"helped beyond the noise ({ci})"
+    if d["high"] < 0:
+        return f"did NOT help: worse beyond the noise ({ci})"
+    return f"did NOT help beyond the noise ({ci})"
+
+
+def rl_diagnosis(row: dict) -> str | None:
+    """Why an RL row moved or not: its effective-sample ratio with and without the buffer."""
+    with_b, without = row.get("effective_ratio"), row.get("effective_ratio_without")
+    if with_b is None:
+        return None
+    text = f"{row['name']}: effective-sample ratio {with_b:.2f} with the buffer"
+    if without is not None:
+        text += f" vs {without:.2f} from the rollouts alone"
+    if not with_b:
+        text += "; every group had zero reward variance, so no sample had an advantage to learn from"
+    elif without is not None and without < 0.4:
+        text += "; most groups were all right or all wrong (zero variance)"
+    return text + "."
 
 def verdicts(rows: list[dict]) -> list[str]:
     """Plain sentences: did each step raise held-out accuracy over the row before it, and the final row
     over the first and over stage-1 SFT?"""
     out = []
     scored = [r for r in rows if isinstance(r.get("accuracy"), (int, float))]
-    for prev, cur in zip(scored, scored[1:], strict=False):
+    for i, cur in enumerate(scored):
+        prev = baseline(scored, i)
+        if prev is None:
+            continue
         d = cur["accuracy"] - prev["accuracy"]
-        word = "helped" if d > 0 else ("did not change held-out accuracy" if d == 0 else "did NOT help")
+        ch = change(prev, cur)
+        if ch is not None:
+            word = _change_words(ch)
+        else:
+            word = "helped" if d > 0 else ("did not change held-out accuracy" if d == 0 else "did NOT help")
         out.append(f"{cur['name']}: {word} ({prev['accuracy']:.3f} -> {cur['accuracy']:.3f}, {d:+.3f} vs "
                    f"{prev['name']}).")
+        if "pass_at_k" in prev and cur.get("stage") == "grpo":
+            out.append(f"{prev['name']} (what {cur['name']} is compared with): pass@1 {prev['pass_at_1']:.3f}, "
+                       f"pass@{prev['k']} {prev['pass_at_k']:.3f} at temperature 1 (first {prev.get('pass_n', '?')} items); "
+                       f"{prev['mixed_share']:.2f} of the "
+                       f"items had some but not all of {prev['k']} answers right (the groups RL learns from).")
+        diagnosis = rl_diagnosis(cur)
+        if diagnosis:
+            out.append(diagnosis)
     if len(scored) >= 2:
         first, last = scored[0], scored[-1]
         out.append(f"Overall: {last['name']} {last['accuracy']:.3f} vs {first['name']} {first['accuracy']:.3f} "
@@ -103,10 +187,18 @@ def _fmt(v: Any) -> str:
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the stage table (families found in any row become columns)."""
     families = sorted({f for r in rows for f in (r.get("accuracy_by_family") or {})})
-    headers = ["stage", "accuracy", *families, "think tokens", "halluc. rate", "effective ratio", "train s"]
-    cells = [[r["name"], _fmt(r.get("accuracy")), *[_fmt((r.get("accuracy_by_family") or {}).get(f)) for f in families],
-              _fmt(r.get("think_tokens_mean")), _fmt(r.get("hallucination_rate")), _fmt(r.get("effective_ratio")),
-              _fmt(r.get("train_seconds"))] for r in rows]
+    headers = ["stage", "accuracy", "change [95% CI]", *families, "think tokens", "halluc. rate",
+               "eff. ratio (SSB)", "eff. ratio (no SSB)", "train s"]
+    cells = []
+    for i, r in enumerate(rows):
+        base = baseline(rows, i)
+        ch = change(base, r) if base else None
+        cells.append([r["name"], _fmt(r.get("accuracy")),
+                      f"{ch['delta']:+.3f} [{ch['low']:+.3f}, {ch['high']:+.3f}]" if ch else "-",
+                      *[_fmt((r.get("accuracy_by_family") or {}).get(f)) for f in families],
+                      _fmt(r.get("think_tokens_mean")), _fmt(r.get("hallucination_rate")),
+                      _fmt(r.get("effective_ratio")), _fmt(r.get("effective_ratio_without")),
+                      _fmt(r.get("train_seconds"))])
     return headers, cells
 
 
@@ -190,7 +282,13 @@ def write_report(cfg: Any, rows: list[dict], summaries: dict[str, dict], out: Pa
     md += ["", "## What helped", "", *[f"- {v}" for v in report["verdicts"]], "",
            "Accuracy: greedy answers on the held-out split, verified like the rewards; think tokens: mean "
            "tokens before `</think>`; hallucination rate: share of completions contradicting the known scene "
-           "(r1v.eval.hallucination); effective ratio: share of GRPO samples with non-zero advantage.", ""]
+           "(r1v.eval.hallucination); effective ratio: share of GRPO samples with non-zero advantage, in the "
+           "batches trained on (with the Selective Sample Buffer) and in the fresh rollouts alone; change: accuracy "
+           "minus the row compared with (the row before, or the one the recipe names), with a paired-bootstrap 95% "
+           "interval over the held-out items (beyond the noise when the interval excludes 0).", ""]
+    for key, heading in (("reward_model", "Reward model"), ("selection", "Checkpoint choice")):
+        if report.get(key):
+            md += [f"## {heading}", "", *[f"- {line}" for line in report[key]["lines"]], ""]
     md += [f"![{p.stem}](plots/{p.name})" for p in written]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     th = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
@@ -206,5 +304,8 @@ def write_report(cfg: Any, rows: list[dict], summaries: dict[str, dict], out: Pa
     print_wide_table(console, title, headers, cells)
     for v in report["verdicts"]:
         console.print(f"  {v}")
+    for key in ("reward_model", "selection"):
+        for line in (report.get(key) or {}).get("lines", []):
+            console.print(f"  {key.replace('_', ' ')}: {line}")
     console.print(f"wrote {out / 'report.json'}, report.md, report.html and {len(written)} plots")
     return report

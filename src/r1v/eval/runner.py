@@ -32,14 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 
 from r1v.atomic import atomic_write_text
 from r1v.data.schema import Sample
@@ -211,8 +204,9 @@ def length_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
+    from r1v.progress import progress_bar
+
+    return progress_bar(console)
 
 
 def generate_run(engine, samples: list[Sample], path: Path, cfg: EvalConfig, run: int,

@@ -40,12 +40,12 @@ from r1v.data.schema import Sample
 from r1v.data.stage_data import read_stage_data
 from r1v.errors import ConfigError
 from r1v.model.trainable import build_trainable, save_vlm
-from r1v.plugins import load_callable
 from r1v.rewards.registry import RewardItem, combine_items
-from r1v.rewards.rules import RewardFn, columns_of
+from r1v.rewards.reward_model import reward_model_scorer as rm_scorer
+from r1v.rewards.rules import RewardFn, Scorer
 from r1v.rollout.batch import RolloutItem, micro_batches, set_old_logps
 from r1v.rollout.engine import THINK_CLOSE, SamplingParams
-from r1v.rollout.groups import GroupSampling, Scorer, group_metrics, prefilter, rollout, score
+from r1v.rollout.groups import GroupSampling, group_metrics, prefilter, rollout, score
 from r1v.rollout.policy import VLLMOptions, make_engine, rollout_copy, sync_weights
 from r1v.train import TrainConfig, TrainState, save_checkpoint
 from r1v.train.loop import LossOutput, Objective, epoch_order, prepare_run, setup_accelerator, train_step
@@ -127,16 +127,8 @@ def build_reward(cfg: GRPOConfig) -> RewardFn:
 
 
 def reward_model_scorer(cfg: GRPOConfig, device: Any) -> Scorer | None:
-    """r_RM: a reward-model folder loaded on `device` and run in batches with the images, or a per-completion
-    plug-in `fn(completion, columns) -> float`; None without a reward model."""
-    if cfg.reward_model is None:
-        return None
-    if Path(cfg.reward_model).is_dir():
-        from r1v.rewards.reward_model import RewardModel
-
-        return RewardModel.load(cfg.reward_model, device=str(device), batch_size=cfg.reward_model_batch_size).score
-    fn = load_callable(cfg.reward_model)
-    return lambda samples, texts: [float(fn(t, columns_of(s))) for s, t in zip(samples, texts, strict=True)]
+    """r_RM of `cfg.reward_model` (a folder run in batches on `device` with the images, or a plug-in)."""
+    return rm_scorer(cfg.reward_model, device=device, batch_size=cfg.reward_model_batch_size)
 
 
 def sampling(cfg: GRPOConfig) -> GroupSampling:

@@ -25,13 +25,10 @@ from r1v.data.schema import Sample
 from r1v.data.sources import atomic_write_text
 from r1v.model.tokens import single_token_id
 from r1v.processing.spec import IMG_CONTEXT, IMG_END, IMG_START
-from r1v.rewards.rules import RewardFn, columns_of
+from r1v.rewards.rules import RewardFn, Scorer, columns_of
 from r1v.rollout.batch import RolloutItem
 from r1v.rollout.engine import SamplingParams
 from r1v.rollout.streams import stream_key
-
-Scorer = Callable[[Sequence[Sample], Sequence[str]], list[float]]
-"""A batched reward term: (prompt samples, completion texts) -> one score per completion (e.g. r_RM)."""
 
 
 @dataclass(frozen=True)

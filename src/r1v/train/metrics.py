@@ -146,24 +146,16 @@ class MetricsLogger:
 
 
 class Progress:
-    """A rich progress bar over optimiser steps with ETA and the latest loss (a no-op when disabled)."""
+    """A progress bar over optimiser steps with ETA and the latest loss (`r1v.progress`: plain lines when the
+    output is not a terminal; a no-op when disabled)."""
 
     def __init__(self, total: int, start: int = 0, enabled: bool = True, description: str = "train") -> None:
         self._bar = None
         if not enabled:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as RichProgress
+        from r1v.progress import progress_bar
 
-        self._bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 TextColumn("{task.fields[info]}"), transient=False)
+        self._bar = progress_bar()
         self._task = self._bar.add_task(description, total=total, completed=start, info="")
         self._bar.start()
 

@@ -20,6 +20,8 @@ every forward with a zero term (exact zeros, no change to any value).
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -148,3 +150,16 @@ def plain_module(model: nn.Module, accelerator: Any) -> nn.Module:
         return bare
     full = full_state_dict(model, accelerator)  # every process takes part; the main process holds it
     return unsharded_copy(bare, full) if accelerator.is_main_process else bare
+
+
+def save_final(vlm: Any, accelerator: Any, folder: Path) -> Path:
+    """Write the trained `vlm` as a model folder (`r1v.model.trainable.save_vlm`, LoRA merged) from the main
+    process, gathered when sharded; every process must call it. Returns `folder`."""
+    from r1v import distributed as dist
+    from r1v.model.trainable import save_vlm
+
+    model = plain_module(vlm.model, accelerator)
+    if accelerator.is_main_process:
+        save_vlm(replace(vlm, model=model), folder)
+    dist.barrier()
+    return Path(folder)
