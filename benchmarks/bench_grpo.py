@@ -198,14 +198,14 @@ def main() -> int:
     state = {k: v.clone() for k, v in vlm.model.state_dict().items()} if args.ours_twice or args.engine == "vllm" else {}
 
     ours = time_ours(vlm, samples, args.steps, args.warmup, args.new_tokens)
-    vllm_run = None
-    if args.engine == "vllm":
-        vlm.model.load_state_dict(state)
-        vllm_run = time_ours(vlm, samples, args.steps, args.warmup, args.new_tokens, engine="vllm")
     if args.no_trl:
         trl = {"times": [float("nan")], "completion_length": [], "reward": [], "kl": [], "gradient_checkpointing": None}
     else:
         trl = time_trl(texts, [s.answer for s in samples], args.steps, args.warmup, args.new_tokens)
+    vllm_run = None
+    if args.engine == "vllm":  # last: vLLM in this process slows the process's later torch work on CPU
+        vlm.model.load_state_dict(state)
+        vllm_run = time_ours(vlm, samples, args.steps, args.warmup, args.new_tokens, engine="vllm")
     if args.ours_twice:
         vlm.model.load_state_dict(state)
         again = time_ours(vlm, samples, args.steps, args.warmup, args.new_tokens)
