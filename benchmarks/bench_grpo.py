@@ -203,7 +203,7 @@ def main() -> int:
     else:
         trl = time_trl(texts, [s.answer for s in samples], args.steps, args.warmup, args.new_tokens)
     vllm_run = None
-    if args.engine == "vllm":  # last: vLLM in this process slows the process's later torch work on CPU
+    if args.engine == "vllm":  # last: vLLM's start-up and memory stay out of the other runs
         vlm.model.load_state_dict(state)
         vllm_run = time_ours(vlm, samples, args.steps, args.warmup, args.new_tokens, engine="vllm")
     if args.ours_twice:

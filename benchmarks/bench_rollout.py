@@ -9,8 +9,8 @@ repetition penalty 1.05, `min_new_tokens` = `max_new_tokens` so every row genera
 - baseline: `vlm.model.generate(...)` on the same encoded batch with transformers' own sampling processors
   (temperature, top_p, repetition_penalty, min_new_tokens);
 - `--engine vllm`: also vLLM (`r1v.rollout.vllm.VLLMEngine`, the CPU build in this process, the same fp32 LLM,
-  one seeded request per row, eager mode unless `--vllm-compiled`), started and timed after the others (see
-  the comment in `main`), its start-up time reported apart;
+  one seeded request per row, eager mode unless `--vllm-compiled`), started and timed after the others, its
+  start-up time reported apart;
 - details: our engine with `backend="hf"` (our processors inside `generate`), plain `Qwen2ForCausalLM.generate`
   on the SmolLM2 folder, and (`--vlm`) the same comparison with one image per row.
 
@@ -147,8 +147,7 @@ def main() -> None:
     text = run_variants(variants, args.repeats, new)
     vllm_start = None
     if args.engine == "vllm":
-        # after ours and `generate`: vLLM in this process slowed every later torch call of the process in a
-        # first run (ours 4.3 tokens/s instead of ~100, docs/benchmarks.md), so it goes last, timed alone
+        # started after ours and `generate` were timed: its start-up and memory stay out of their runs
         import tempfile
 
         from r1v.rollout.vllm import VLLMEngine
