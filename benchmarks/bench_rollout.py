@@ -9,8 +9,8 @@ repetition penalty 1.05, `min_new_tokens` = `max_new_tokens` so every row genera
 - baseline: `vlm.model.generate(...)` on the same encoded batch with transformers' own sampling processors
   (temperature, top_p, repetition_penalty, min_new_tokens);
 - `--engine vllm`: also vLLM (`r1v.rollout.vllm.VLLMEngine`, the CPU build in this process, the same fp32 LLM,
-  one seeded request per row, eager mode unless `--vllm-compiled`), started and timed after the others, its
-  start-up time reported apart;
+  one seeded request per row, eager mode unless `--vllm-compiled`), started first (start-up reported apart),
+  then timed interleaved with the others;
 - details: our engine with `backend="hf"` (our processors inside `generate`), plain `Qwen2ForCausalLM.generate`
   on the SmolLM2 folder, and (`--vlm`) the same comparison with one image per row.
 
@@ -144,10 +144,8 @@ def main() -> None:
             return (out.shape[1] - pb["input_ids"].shape[1]) * out.shape[0]
 
         variants["plain_qwen2_generate"] = plain
-    text = run_variants(variants, args.repeats, new)
     vllm_start = None
-    if args.engine == "vllm":
-        # started after ours and `generate` were timed: its start-up and memory stay out of their runs
+    if args.engine == "vllm":  # started before the timed runs, which then interleave it with the others
         import tempfile
 
         from r1v.rollout.vllm import VLLMEngine
@@ -164,7 +162,8 @@ def main() -> None:
             assert all(c == k for c in counts), counts
             return sum(counts)
 
-        text.update(run_variants({"vllm": vllm_run}, args.repeats, new))
+        variants["vllm"] = vllm_run
+    text = run_variants(variants, args.repeats, new)
     details: dict = {"text": text, "rows": len(text_samples) * args.generations, "new_tokens": new,
                      "threads": args.threads, "repeats": args.repeats, "dtype": "float32", "device": "cpu",
                      "sampling": "temperature 1.0, top_p 0.95, repetition_penalty 1.05, min_new_tokens=max",
