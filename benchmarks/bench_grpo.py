@@ -86,7 +86,7 @@ def time_ours(vlm, samples: list, steps: int, warmup: int, new_tokens: int, engi
         made.append(make(*a, **k))
         made.append(time.perf_counter() - t0)
         if engine == "vllm":
-            made[0].load_tensors = timed(made[0].load_tensors, syncs)
+            made[0].load_tensors = clocked(made[0].load_tensors, syncs)
         return made[0]
 
     syncs: list[float] = []
@@ -112,7 +112,7 @@ def time_ours(vlm, samples: list, steps: int, warmup: int, new_tokens: int, engi
             "sync_s": syncs}
 
 
-def timed(fn, out: list[float]):
+def clocked(fn, out: list[float]):
     """`fn` that appends its seconds to `out`."""
     def wrapper(*a, **k):
         t0 = time.perf_counter()
