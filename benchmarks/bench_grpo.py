@@ -86,7 +86,7 @@ def time_ours(vlm, samples: list, steps: int, warmup: int, new_tokens: int, engi
         made.append(make(*a, **k))
         made.append(time.perf_counter() - t0)
         if engine == "vllm":
-            made[0].load_tensors = timed(made[0].load_tensors, syncs)
+            made[0].load_tensors = clocked(made[0].load_tensors, syncs)
         return made[0]
 
     syncs: list[float] = []
@@ -112,7 +112,7 @@ def time_ours(vlm, samples: list, steps: int, warmup: int, new_tokens: int, engi
             "sync_s": syncs}
 
 
-def timed(fn, out: list[float]):
+def clocked(fn, out: list[float]):
     """`fn` that appends its seconds to `out`."""
     def wrapper(*a, **k):
         t0 = time.perf_counter()
@@ -198,14 +198,14 @@ def main() -> int:
     state = {k: v.clone() for k, v in vlm.model.state_dict().items()} if args.ours_twice or args.engine == "vllm" else {}
 
     ours = time_ours(vlm, samples, args.steps, args.warmup, args.new_tokens)
-    vllm_run = None
-    if args.engine == "vllm":
-        vlm.model.load_state_dict(state)
-        vllm_run = time_ours(vlm, samples, args.steps, args.warmup, args.new_tokens, engine="vllm")
     if args.no_trl:
         trl = {"times": [float("nan")], "completion_length": [], "reward": [], "kl": [], "gradient_checkpointing": None}
     else:
         trl = time_trl(texts, [s.answer for s in samples], args.steps, args.warmup, args.new_tokens)
+    vllm_run = None
+    if args.engine == "vllm":  # last: vLLM's start-up and memory stay out of the other runs
+        vlm.model.load_state_dict(state)
+        vllm_run = time_ours(vlm, samples, args.steps, args.warmup, args.new_tokens, engine="vllm")
     if args.ours_twice:
         vlm.model.load_state_dict(state)
         again = time_ours(vlm, samples, args.steps, args.warmup, args.new_tokens)

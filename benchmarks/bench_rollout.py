@@ -9,7 +9,8 @@ repetition penalty 1.05, `min_new_tokens` = `max_new_tokens` so every row genera
 - baseline: `vlm.model.generate(...)` on the same encoded batch with transformers' own sampling processors
   (temperature, top_p, repetition_penalty, min_new_tokens);
 - `--engine vllm`: also vLLM (`r1v.rollout.vllm.VLLMEngine`, the CPU build in this process, the same fp32 LLM,
-  one seeded request per row, eager mode unless `--vllm-compiled`), its start-up time reported apart;
+  one seeded request per row, eager mode unless `--vllm-compiled`), started first (start-up reported apart),
+  then timed interleaved with the others;
 - details: our engine with `backend="hf"` (our processors inside `generate`), plain `Qwen2ForCausalLM.generate`
   on the SmolLM2 folder, and (`--vlm`) the same comparison with one image per row.
 
@@ -144,7 +145,7 @@ def main() -> None:
 
         variants["plain_qwen2_generate"] = plain
     vllm_start = None
-    if args.engine == "vllm":
+    if args.engine == "vllm":  # started before the timed runs, which then interleave it with the others
         import tempfile
 
         from r1v.rollout.vllm import VLLMEngine

