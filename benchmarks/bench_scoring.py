@@ -75,7 +75,7 @@ def proc_cpu_seconds(pid: int | None) -> float:
 
 def pooled(pool: VerifyPool, pairs: list[tuple[str, str]]) -> tuple[float, int, float]:
     """(seconds, correct, CPU seconds of the workers plus this process)."""
-    pids = [w.proc.pid for w in pool._workers]
+    pids = pool.worker_pids()
     c0 = sum(proc_cpu_seconds(pid) for pid in pids) + time.process_time()
     t0 = time.perf_counter()
     res = pool.verify_many(pairs)

@@ -17,6 +17,7 @@ from r1v.algos.losses import (
     grpo_loss,
     kl_k3,
     logprobs_and_entropy,
+    loss_units,
     mpo_loss,
     nll_loss,
     selective_log_softmax,
@@ -272,3 +273,11 @@ def test_selective_log_softmax_gradient_matches_autograd() -> None:
     out.sum().backward()
     assert c.grad.dtype == torch.bfloat16 and torch.isfinite(c.grad.float()).all()
     assert (c.grad[:, -1] == 0).all()
+
+
+def test_loss_units_count_what_each_loss_type_averages_over() -> None:
+    batch = {"completion_mask": torch.tensor([[1, 1, 0], [0, 0, 0], [1, 1, 1]]),
+             "sequence_mask": torch.tensor([True, True, False])}
+    assert loss_units(batch, "token") == 2  # the third row is masked out as a sequence
+    assert loss_units(batch, "sequence") == 1
+    assert loss_units(batch, "dr_grpo") == 3

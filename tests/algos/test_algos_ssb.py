@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from r1v.algos.ssb import SelectiveSampleBuffer, SSBConfig, groups_from_flat, prefilter_prompts
+from r1v.algos.ssb import SelectiveSampleBuffer, SSBConfig, fill_batch, groups_from_flat, prefilter_prompts
 from r1v.errors import ConfigError
 
 
@@ -145,3 +145,16 @@ def test_prefilter_drops_zero_variance_prompts() -> None:
     assert res.rewards[2] == [0.0, 1.0, 0.0, 1.0]
     with pytest.raises(ConfigError):
         prefilter_prompts([1], rollout, reward, num_generations=1)
+
+
+def test_fill_batch_with_and_without_a_buffer() -> None:
+    adv = torch.tensor([0.0, 0.0, 1.0, -1.0])  # group 0 constant, group 1 mixed (G=2)
+    rows, advs, stats = fill_batch(None, ["a", "b", "c", "d"], adv, 2, step=0)
+    assert rows == ["a", "b", "c", "d"] and advs == adv.tolist()
+    assert stats == {"effective_ratio": 0.5, "effective_ratio_without": 0.5}
+    buf = SelectiveSampleBuffer(SSBConfig(capacity=8, max_age=4, max_buffer_fraction=0.5))
+    fill_batch(buf, ["a", "b", "c", "d"], adv, 2, step=0)  # caches c and d
+    rows, advs, stats = fill_batch(buf, ["e", "f", "g", "h"], adv, 2, step=1)
+    assert set(rows[:2]) <= {"c", "d"} and rows[2:] == ["g", "h"] and all(a != 0 for a in advs)
+    assert stats["effective_ratio"] == 1.0 and stats["effective_ratio_without"] == 0.5
+    assert stats["ssb/from_buffer"] == 2 and stats["ssb/buffer_size"] >= 2

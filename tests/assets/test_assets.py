@@ -26,7 +26,7 @@ from r1v.assets import (
     train_tower,
     vision_tower_dir,
 )
-from r1v.assets._cache import build_atomically, read_manifest
+from r1v.assets.cache import build_atomically, read_manifest
 from r1v.assets.vision import load_metrics
 from r1v.errors import AssetError
 from r1v.processing.spec import ProcessingSpec
@@ -102,7 +102,7 @@ def test_failed_build_leaves_no_folder_and_keeps_old(tmp_path):
 
 def test_killed_build_leaves_no_folder(tmp_path):
     script = (
-        "import sys, time\nfrom pathlib import Path\nfrom r1v.assets._cache import build_atomically\n"
+        "import sys, time\nfrom pathlib import Path\nfrom r1v.assets.cache import build_atomically\n"
         "def build(tmp):\n    (tmp / 'a').write_text('x')\n    print('started', flush=True)\n"
         "    time.sleep(60)\n    return {}\n"
         "build_atomically(Path(sys.argv[1]), build)\n")

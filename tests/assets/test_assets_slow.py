@@ -10,7 +10,7 @@ import torch
 from numerics import assert_close_scaled
 
 from r1v.assets import pretrain_vision_tower, smollm2_dir
-from r1v.assets._cache import read_manifest
+from r1v.assets.cache import read_manifest
 from r1v.assets.smollm2 import IMAGE_TOKENS, THINK_TOKENS, load_gguf_llama
 from r1v.assets.vision import load_metrics
 

@@ -85,3 +85,16 @@ def test_cli_lists_stages_and_reports_bad_config_without_traceback(tmp_path: Pat
     res = runner.invoke(app, ["train", "sft", "--config", str(bad)])
     assert res.exit_code == 2 and "lr: must be > 0" in res.output
     assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_stage_keeps_the_one_contract(stage: str) -> None:
+    """`run(cfg, console=None)` and a typed config named after the stage (`DistillConfig`, not `Config`)."""
+    import inspect
+
+    module = stage_module(stage)
+    params = list(inspect.signature(module.run).parameters.values())
+    assert [p.name for p in params] == ["cfg", "console"] and params[1].default is None
+    assert dataclasses.is_dataclass(module.CONFIG)
+    assert module.CONFIG.__name__.endswith("Config") and module.CONFIG.__name__ != "Config"
+    assert module.__file__.endswith(f"recipes/{stage.replace('-', '_')}.py") or stage in {"rm"}

@@ -11,8 +11,10 @@ from PIL import Image
 
 from r1v.config import load_config
 from r1v.data.sources import read_jsonl, write_jsonl
+from r1v.data.stage_data import prompt_only
 from r1v.data.synthetic import generate_tasks
 from r1v.errors import ConfigError, DataError
+from r1v.eval.teacher import EndpointTeacher
 from r1v.recipes import distill
 from r1v.rollout.engine import Completion, split_completion
 
@@ -48,9 +50,9 @@ def dataset(tmp_path) -> Path:
     return write_jsonl(samples, tmp_path / "in" / "tasks.jsonl")
 
 
-def make_cfg(data: Path, out: Path, **over) -> distill.Config:
+def make_cfg(data: Path, out: Path, **over) -> distill.DistillConfig:
     items = [f"data={data}", f"out={out}", "generation.batch_size=4", *[f"{k}={v}" for k, v in over.items()]]
-    return load_config(distill.Config, REPO / "configs" / "distill.yaml", items)
+    return load_config(distill.DistillConfig, REPO / "configs" / "distill.yaml", items)
 
 
 def student_reply(s, j) -> str:
@@ -72,7 +74,7 @@ def teacher_reply(s, j) -> str:
 
 def test_keep_revise_drop_and_penalty_per_sample(dataset, tmp_path) -> None:
     student, teacher = ScriptedEngine(student_reply), ScriptedEngine(teacher_reply)
-    summary = distill.run(make_cfg(dataset, tmp_path / "out"), student=student, teacher=teacher, log=lambda m: None)
+    summary = distill.run_with(make_cfg(dataset, tmp_path / "out"), student, teacher=teacher)
     assert (summary["kept"], summary["revised"], summary["dropped"]) == (2, 2, 2)  # kept 0,2; revised 1,4; dropped 3,5
     rows = read_jsonl(tmp_path / "out" / "data.jsonl")
     dropped = read_jsonl(tmp_path / "out" / "dropped.jsonl")
@@ -118,8 +120,8 @@ def test_keep_revise_drop_and_penalty_per_sample(dataset, tmp_path) -> None:
 
 
 def test_no_teacher_drops_the_wrong_ones(dataset, tmp_path) -> None:
-    summary = distill.run(make_cfg(dataset, tmp_path / "o", **{"teacher.kind": "none"}),
-                          student=ScriptedEngine(student_reply), log=lambda m: None)
+    summary = distill.run_with(make_cfg(dataset, tmp_path / "o", **{"teacher.kind": "none"}),
+                               ScriptedEngine(student_reply))
     assert (summary["kept"], summary["revised"], summary["dropped"]) == (2, 0, 4)
 
 
@@ -144,14 +146,14 @@ def test_bad_input_error_policy_names_file_and_line(tmp_path) -> None:
     path = _bad_file(tmp_path)
     cfg = make_cfg(path, tmp_path / "out", max_prompt_tokens=100)
     with pytest.raises(DataError, match=r"mixed\.jsonl, record 2: malformed JSON"):
-        distill.run(cfg, student=ScriptedEngine(student_reply), log=lambda m: None)
+        distill.run_with(cfg, ScriptedEngine(student_reply))
 
 
 def test_bad_input_skip_policy_counts_every_item(tmp_path) -> None:
     path = _bad_file(tmp_path)
     cfg = make_cfg(path, tmp_path / "out", max_prompt_tokens=100, on_bad_sample="skip", **{"teacher.kind": "none"})
     student = ScriptedEngine(lambda s, j: f"<think>so</think> \\boxed{{{s.answer}}}")
-    summary = distill.run(cfg, student=student, log=lambda m: None)
+    summary = distill.run_with(cfg, student)
     bad = summary["bad_samples"]
     assert bad["by_reason"] == {"malformed": 1, "image": 2, "too_long": 1, "no_answer": 1}
     assert bad["skipped"] == 5 and summary["prompts"] == 2 and summary["kept"] == 2
@@ -164,11 +166,11 @@ def test_bad_input_skip_policy_counts_every_item(tmp_path) -> None:
 
 def test_config_validation() -> None:
     with pytest.raises(ConfigError, match="teacher.url"):
-        load_config(distill.Config, None, ["teacher.kind=endpoint"])
+        load_config(distill.DistillConfig, None, ["teacher.kind=endpoint"])
     with pytest.raises(ConfigError, match="judge_url"):
-        load_config(distill.Config, None, ["scorers.text=judge"])
+        load_config(distill.DistillConfig, None, ["scorers.text=judge"])
     with pytest.raises(ConfigError, match="on_bad_sample"):
-        load_config(distill.Config, None, ["on_bad_sample=ignore"])
+        load_config(distill.DistillConfig, None, ["on_bad_sample=ignore"])
 
 
 def test_endpoint_teacher_parses_replies() -> None:
@@ -181,9 +183,9 @@ def test_endpoint_teacher_parses_replies() -> None:
             return "<think>because 2 and 2</think> \\boxed{4}" if len(self.prompts) == 1 else "It is 4. Answer: 4"
 
     judge = FakeJudge()
-    s = distill.with_hint(distill.prompt_only(generate_tasks(1, families=("count",), image_size=64)[0]))
+    s = distill.with_hint(prompt_only(generate_tasks(1, families=("count",), image_size=64)[0]))
     from r1v.rollout.engine import SamplingParams
-    group = distill.EndpointTeacher("u", "m", judge=judge).generate([s], SamplingParams(n=2))[0]
+    group = EndpointTeacher(judge).generate([s], SamplingParams(n=2))[0]
     assert group[0].think == "because 2 and 2" and group[0].answer.strip() == "\\boxed{4}"
     assert group[1].think == "It is 4. Answer: 4" and group[1].answer == "\\boxed{4}"
     assert "<image>" not in judge.prompts[0] and "The correct answer is" in judge.prompts[0]
@@ -192,9 +194,9 @@ def test_endpoint_teacher_parses_replies() -> None:
 
 def test_real_tiny_model_end_to_end(tmp_path) -> None:
     pytest.importorskip("r1v.processing.processor")
-    cfg = load_config(distill.Config, REPO / "configs" / "distill.yaml",
+    cfg = load_config(distill.DistillConfig, REPO / "configs" / "distill.yaml",
                       ["data=synthetic:4", f"out={tmp_path}", "generation.max_new_tokens=12",
                        "generation.max_think_tokens=6", "teacher.max_new_tokens=12", "teacher.attempts=1"])
-    summary = distill.run(cfg, log=lambda m: None)
+    summary = distill.run(cfg)
     assert summary["kept"] + summary["revised"] + summary["dropped"] == 4
     assert 1.0 <= summary["penalty"]["min"] <= summary["penalty"]["max"] <= 2.0

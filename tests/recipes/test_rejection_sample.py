@@ -58,8 +58,8 @@ def dataset(tmp_path) -> Path:
     return write_jsonl(generate_tasks(3, seed=2, families=("count",), image_size=64), tmp_path / "t.jsonl")
 
 
-def make_cfg(data: Path, out: Path, *extra: str) -> rs.Config:
-    return load_config(rs.Config, REPO / "configs" / "rejection_sample.yaml",
+def make_cfg(data: Path, out: Path, *extra: str) -> rs.RejectionSampleConfig:
+    return load_config(rs.RejectionSampleConfig, REPO / "configs" / "rejection_sample.yaml",
                        [f"data={data}", f"out={out}", "samples_per_prompt=10", "keep_per_prompt=2",
                         "filters.min_think_tokens=2", "filters.max_think_tokens=40", "generation.batch_size=2",
                         *extra])
@@ -67,7 +67,7 @@ def make_cfg(data: Path, out: Path, *extra: str) -> rs.Config:
 
 def test_filters_dedupe_cap_and_counts(dataset, tmp_path) -> None:
     teacher = ScriptedTeacher()
-    summary = rs.run(make_cfg(dataset, tmp_path / "out"), teacher=teacher, log=lambda m: None)
+    summary = rs.run_with(make_cfg(dataset, tmp_path / "out"), teacher)
     assert summary["prompts"] == 3 and summary["generated"] == 30 and summary["kept"] == 6
     assert summary["filtered"] == {k: 3 for k in rs.FILTERS}
     assert summary["kept"] + sum(summary["filtered"].values()) == summary["generated"]
@@ -88,9 +88,9 @@ def test_filters_dedupe_cap_and_counts(dataset, tmp_path) -> None:
 
 
 def test_relaxed_filters_keep_more(dataset, tmp_path) -> None:
-    summary = rs.run(make_cfg(dataset, tmp_path / "o", "keep_per_prompt=10", "filters.max_repeat_ratio=1.0",
-                              "filters.drop_truncated=false", "filters.min_think_tokens=0",
-                              "filters.max_think_tokens=100"), teacher=ScriptedTeacher(), log=lambda m: None)
+    cfg = make_cfg(dataset, tmp_path / "o", "keep_per_prompt=10", "filters.max_repeat_ratio=1.0",
+                   "filters.drop_truncated=false", "filters.min_think_tokens=0", "filters.max_think_tokens=100")
+    summary = rs.run_with(cfg, ScriptedTeacher())
     # only wrong, no_think and the duplicate remain rejected
     assert summary["filtered"]["wrong"] == 3 and summary["filtered"]["no_think"] == 3
     assert summary["filtered"]["duplicate"] == 3 and summary["kept"] == 21
@@ -107,23 +107,23 @@ def test_bad_input_policy(tmp_path) -> None:
                     + json.dumps({"id": "b", "question": "Count.", "image": "gone.png", "answer": "1"}) + "\n")
     teacher = ScriptedTeacher()
     with pytest.raises(DataError, match=r"d\.jsonl, record 2.*gone\.png"):
-        rs.run(make_cfg(path, tmp_path / "o"), teacher=teacher, log=lambda m: None)
-    summary = rs.run(make_cfg(path, tmp_path / "o", "on_bad_sample=skip"), teacher=teacher, log=lambda m: None)
+        rs.run_with(make_cfg(path, tmp_path / "o"), teacher)
+    summary = rs.run_with(make_cfg(path, tmp_path / "o", "on_bad_sample=skip"), teacher)
     assert summary["bad_samples"]["by_reason"] == {"image": 1} and summary["prompts"] == 1 and summary["kept"] == 2
 
 
 def test_config_validation() -> None:
     with pytest.raises(ConfigError, match="needs a teacher"):
-        load_config(rs.Config, None, ["teacher.kind=none"])
+        load_config(rs.RejectionSampleConfig, None, ["teacher.kind=none"])
     with pytest.raises(ConfigError, match="min_think_tokens"):
-        load_config(rs.Config, None, ["filters.min_think_tokens=10", "filters.max_think_tokens=5"])
+        load_config(rs.RejectionSampleConfig, None, ["filters.min_think_tokens=10", "filters.max_think_tokens=5"])
 
 
 def test_real_tiny_teacher_end_to_end(tmp_path) -> None:
     pytest.importorskip("r1v.processing.processor")
-    cfg = load_config(rs.Config, REPO / "configs" / "rejection_sample.yaml",
+    cfg = load_config(rs.RejectionSampleConfig, REPO / "configs" / "rejection_sample.yaml",
                       ["data=synthetic:3", f"out={tmp_path}", "samples_per_prompt=2",
                        "generation.max_new_tokens=12", "generation.max_think_tokens=6"])
-    summary = rs.run(cfg, log=lambda m: None)
+    summary = rs.run(cfg)
     assert summary["generated"] == 6
     assert summary["kept"] + sum(summary["filtered"].values()) == 6

@@ -115,7 +115,7 @@ def test_no_zombies_after_timeouts_and_close():
     p = VerifyPool(workers=2, timeout=0.5)
     p.verify_many([("9", "\\boxed{9^{9^{9^{9}}}}"), ("9", "\\boxed{9^{9^{9^{9}}}}")])
     assert p.restarts == 2
-    worker_pids = {w.proc.pid for w in p._workers}
+    worker_pids = set(p.worker_pids())
     p.close()
     p.close()  # idempotent
     kids = _children(os.getpid())

@@ -217,7 +217,8 @@ class ScriptedPolicy:
         self.script = script
         self.calls = 0
 
-    def generate(self, samples: Sequence[Sample], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, samples: Sequence[Sample], params: SamplingParams,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         self.calls += 1
         out = []
         for s in samples:

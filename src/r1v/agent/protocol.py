@@ -191,14 +191,6 @@ def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
     return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False) + "</tool_call>"
 
 
-def format_code(code: str) -> str:
-    return f"<code>\n{code}\n</code>"
-
-
-def format_answer(answer: str) -> str:
-    return f"<answer>{answer}</answer>"
-
-
 def format_plan(steps: list[PlanStep]) -> str:
     return "<plan>" + json.dumps([s.to_dict() for s in steps], ensure_ascii=False) + "</plan>"
 

@@ -5,11 +5,14 @@ A batch (`r1v.rollout.batch.training_batch`) holds left-padded prompts followed 
 without gradient, the token entropy, running the LM head on the real completion tokens only
 (`r1v.algos.prefix.completion_hidden`, each distinct prompt once when it can). A model that cannot be split
 into backbone and head goes through `completion_logits` (`[N, C, V]`); both give the same values and
-gradients up to float rounding.
+gradients up to float rounding. `batch_logps` is the no-gradient pass over a list of batches: the frozen
+reference's log-probs for the KL term, and the policy's before its first update (the old policy's).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -46,3 +49,16 @@ def completion_logps(model: Any, batch: dict, with_entropy: bool = True
         return logprobs_and_entropy(completion_logits(model, batch), ids, mask, with_entropy=with_entropy)
     hidden, head = split
     return head_logprobs_and_entropy(hidden, head, ids, mask, with_entropy=with_entropy)
+
+
+@torch.no_grad()
+def batch_logps(model: Any, batches: Sequence[dict], device: Any = "cpu",
+                autocast: Callable[[], AbstractContextManager] = nullcontext) -> list[torch.Tensor]:
+    """Log-probs `[N, C]` (float32, on CPU, 0 on padding) of each batch's completions under `model`, without
+    gradient; `autocast` is the training forward's precision context (e.g. `accelerator.autocast`)."""
+    out = []
+    for batch in batches:
+        on = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with autocast():
+            out.append(completion_logps(model, on, with_entropy=False)[0].float().cpu())
+    return out

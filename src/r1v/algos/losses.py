@@ -176,6 +176,17 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str,
     raise ConfigError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
 
 
+def loss_units(batch: dict, loss_type: str) -> int:
+    """What `grpo_loss` of `loss_type` is a mean over, counted in a batch (`completion_mask` `[B, T]`,
+    `sequence_mask` `[B]`): masked tokens (token), sequences with tokens (sequence), rows (dr_grpo)."""
+    mask = batch["completion_mask"].bool() & batch["sequence_mask"].unsqueeze(1)  # [B, T]
+    if loss_type == "token":
+        return int(mask.sum())
+    if loss_type == "sequence":
+        return int((mask.sum(1) > 0).sum())
+    return int(mask.shape[0])
+
+
 def grpo_loss(logp: torch.Tensor, advantages: torch.Tensor, completion_mask: torch.Tensor,
               old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
               beta: float = 0.0, epsilon: float = 0.2, epsilon_high: float | None = None,

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from r1v.algos.advantages import grpo_advantages
+from r1v.algos.advantages import effective_ratio, grpo_advantages
 from r1v.errors import ConfigError, R1VError
 
 EVICTION_POLICIES = ("oldest", "smallest_adv")
@@ -213,6 +213,22 @@ def groups_from_flat(payloads: Sequence[Any], advantages: torch.Tensor, num_gene
     adv = advantages.detach().float().tolist()
     return [list(zip(payloads[i:i + num_generations], adv[i:i + num_generations], strict=True))
             for i in range(0, len(payloads), num_generations)]
+
+
+def fill_batch(buffer: SelectiveSampleBuffer | None, payloads: Sequence[Any], advantages: torch.Tensor,
+               num_generations: int, step: int) -> tuple[list[Any], list[float], dict[str, float]]:
+    """The rollout batch to train on: with a buffer, its zero-advantage groups filled from it (`fill`), without
+    one the batch as it is. Returns payloads, advantages `[B*G]` and the statistics a step logs:
+    `effective_ratio` (buffer included), `effective_ratio_without`, and with a buffer `ssb/from_buffer` and
+    `ssb/buffer_size`."""
+    if buffer is None:
+        ratio = effective_ratio(advantages)
+        return list(payloads), advantages.tolist(), {"effective_ratio": ratio, "effective_ratio_without": ratio}
+    filled = buffer.fill(groups_from_flat(payloads, advantages, num_generations), step=step)
+    s = filled.stats
+    return ([it.payload for it in filled.items], [it.advantage for it in filled.items],
+            {"effective_ratio": s["effective_ratio_with"], "effective_ratio_without": s["effective_ratio_without"],
+             "ssb/from_buffer": s["from_buffer"], "ssb/buffer_size": s["buffer_size"]})
 
 
 # ---------------------------------------------------------------------------------- offline mode

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from r1v.assets._cache import r1v_home
+from r1v.assets.cache import r1v_home
 from r1v.assets.easyvqa import LabelledImages, load_easy_vqa
 from r1v.assets.smollm2 import smollm2_dir
 from r1v.assets.vision import SMOL_VISION_CONFIG, pretrain_vision_tower, train_tower, vision_tower_dir

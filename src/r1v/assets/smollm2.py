@@ -20,7 +20,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from r1v.assets._cache import build_atomically, r1v_home, read_manifest, sha256_file
+from r1v.assets.cache import build_atomically, r1v_home, read_manifest, sha256_file
 from r1v.errors import AssetError
 from r1v.processing.spec import IMG_CONTEXT, IMG_END, IMG_START
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from r1v.assets._cache import build_atomically, r1v_home, read_manifest
+from r1v.assets.cache import build_atomically, r1v_home, read_manifest
 from r1v.assets.easyvqa import LabelledImages, answer_question, easy_vqa_questions, load_easy_vqa
 from r1v.errors import AssetError
 
@@ -66,7 +66,7 @@ def to_pixels(images: Sequence[Image.Image], size: int):
     return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
 
-def _image_size(config: dict) -> int:
+def image_size_of(config: dict) -> int:
     size = config.get("image_size", 448)
     return int(size[0] if isinstance(size, list | tuple) else size)
 
@@ -93,7 +93,7 @@ class TowerWithHeads:
         self.heads = torch.nn.ModuleDict({key.replace("/", "__"): head(2 * hidden, n) for key, n in heads.items()})
         self.token_heads = torch.nn.ModuleDict({key.replace("/", "__"): head(hidden, n) for key, n in heads.items()}
                                                if token_heads else {})
-        self.size = _image_size(config)
+        self.size = image_size_of(config)
 
     def parameters(self):
         return [*self.tower.parameters(), *self.heads.parameters(), *self.token_heads.parameters()]

@@ -9,7 +9,6 @@ loaded late by `r1v.processing.images.load_image`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant"]
@@ -73,13 +72,6 @@ class Sample:
         msgs = [Message("system", system)] if system else []
         msgs.append(Message("user", question))
         return cls(id=id, messages=msgs, images=images, answer=answer, meta=dict(meta))
-
-
-def image_ref_name(ref: Any) -> str:
-    """A readable name for an image reference (used in error messages)."""
-    if isinstance(ref, (str, Path)):
-        return str(ref)
-    return getattr(ref, "filename", None) or type(ref).__name__
 
 
 @dataclass

@@ -3,7 +3,8 @@
 - reading: `read_stage_data(spec)` reads a JSONL/JSON/parquet file (or `synthetic:N`, rendered tasks with a
   short `<think>` chain, for micro runs; `r1v.data.demo_tasks`) into rows that remember their file and
   line; `read_prompts` / `check_prompts` keep the prompts a generating stage (distill, rejection-sample)
-  can use; `heldout_samples` reads a held-out set.
+  can use (their shared settings: `PromptStageConfig`, `GenerationConfig`, `TeacherConfig`);
+  `heldout_samples` reads a held-out set.
 - the bad-record policy: `BadSamples` applies `on_bad_sample: error|skip` and counts what was skipped, by
   reason (one class for every stage).
 - encoding: `encode_rows` runs the processor once per sample and enforces `max_seq_len` (an over-long
@@ -16,7 +17,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -137,6 +138,46 @@ class PromptStageConfig:
             raise ConfigError("limit must be >= 1 (or null)")
         if self.max_prompt_tokens < 1:
             raise ConfigError("max_prompt_tokens must be >= 1")
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling for the model's own chains (repetition penalty comes from DRLC, per sample)."""
+
+    max_new_tokens: int = 96
+    max_think_tokens: int | None = 64
+    temperature: float = 0.6
+    top_p: float = 0.95
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError("batch_size and max_new_tokens must be >= 1")
+
+
+@dataclass
+class TeacherConfig:
+    """Who revises wrong chains: `model` (a local preset/folder), `endpoint` (OpenAI-compatible) or `none`."""
+
+    kind: Literal["model", "endpoint", "none"] = "model"
+    model: str = "tiny"
+    url: str | None = None
+    name: str | None = None
+    cache_dir: str | None = None
+    attempts: int = 2
+    temperature: float = 0.6
+    max_new_tokens: int = 128
+
+    def validate(self) -> None:
+        if self.kind == "endpoint" and not (self.url and self.name):
+            raise ConfigError("teacher.kind=endpoint needs teacher.url and teacher.name")
+        if self.attempts < 1:
+            raise ConfigError("teacher.attempts must be >= 1")
+
+
+def prompt_only(sample: Sample) -> Sample:
+    """The sample without a final assistant turn (what the model is asked)."""
+    return replace(sample, messages=sample.prompt_messages(), meta=dict(sample.meta))
 
 
 def read_prompts(cfg: PromptStageConfig, bad: BadSamples) -> list[Row]:

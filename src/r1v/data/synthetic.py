@@ -260,7 +260,7 @@ def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, x: int, y: int, r: int, fill: tuple[int, int, int]) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, kind: str, x: int, y: int, r: int, fill: tuple[int, int, int]) -> None:
     if kind == "circle":
         draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
     elif kind == "square":
@@ -315,7 +315,7 @@ def render_scene(scene: dict[str, Any]) -> Image.Image:
         if obj["kind"] == "number":
             draw.text((obj["x"], obj["y"]), str(obj["value"]), fill=fill, font=_font(obj["size"]), anchor="mm")
         else:
-            _draw_shape(draw, obj["kind"], obj["x"], obj["y"], obj["size"], fill)
+            draw_shape(draw, obj["kind"], obj["x"], obj["y"], obj["size"], fill)
     return img
 
 

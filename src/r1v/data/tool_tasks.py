@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from r1v.data.schema import Message, Sample
-from r1v.data.synthetic import COLOURS, SHAPES, SPLITS, _draw_shape
+from r1v.data.synthetic import COLOURS, SHAPES, SPLITS, draw_shape
 from r1v.errors import DataError
 
 CELL_NAMES = (("top-left", "top", "top-right"), ("left", "centre", "right"),
@@ -104,7 +104,7 @@ def render_zoom(scene: dict[str, Any]) -> Image.Image:
     img = Image.fromarray(np.repeat(noise, 3, axis=2), "RGB")
     draw = ImageDraw.Draw(img)
     for obj in scene["objects"]:
-        _draw_shape(draw, obj["kind"], obj["x"], obj["y"], obj["size"], COLOURS[obj["colour"]])
+        draw_shape(draw, obj["kind"], obj["x"], obj["y"], obj["size"], COLOURS[obj["colour"]])
     return img
 
 
@@ -146,11 +146,6 @@ def perception_samples(n: int, *, seed: int = 0, size: int = DEFAULT_SIZE) -> li
 
 
 # ------------------------------------------------------------------------------------------- experts
-
-
-def crop_code(box: tuple[int, int, int, int] | list[int], zoom: int = ZOOM_TO) -> str:
-    x0, y0, x1, y1 = box
-    return f"save(image.crop(({x0}, {y0}, {x1}, {y1})).resize(({zoom}, {zoom})))"
 
 
 def cell_crop_code(row: int, col: int, zoom: int = ZOOM_TO) -> str:

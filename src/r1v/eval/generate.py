@@ -1,8 +1,14 @@
 """Generate in batches, then verify: the one loop every quick evaluation and pair maker shares.
 
-- `generate(vlm, samples, params, batch_size=...)`: one list of `params.n` completions per sample, the
-  model in eval mode for the call (its training flag restored after), `batch_size` prompts per engine call.
+- `generate(model, samples, params, batch_size=...)`: one list of `params.n` completions per sample,
+  `batch_size` prompts per engine call (a model bundle in eval mode for the call, its training flag
+  restored after; or any engine). On N processes (torchrun, accelerate) each process generates its
+  contiguous share of the samples and every process gets every group, in order (`r1v.distributed`); with
+  `params.seed` set, completion j of sample i draws from the random stream (seed, i, j), so 1 and N
+  processes sample the same completions.
 - `correct_many(answers, samples)`: the rewards' answer extraction and verifiers, one bool per answer.
+- `verified(samples, completions)`, `assistant_turn(sample, completion)`: the generating stages' check of
+  a chain and the training turn it becomes.
 - `judge(vlm, samples)`: greedy answers verified against the gold answers (`Judged`); `heldout_accuracy`.
 - `rule_verdicts(samples, texts, truncated)`: per completion, correct / well-formed / hallucinated /
   truncated and the rule score `correct + well_formed - hallucinated` (MPO's pair judging).
@@ -14,37 +20,59 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from r1v import distributed as dist
 from r1v.data.schema import PreferencePair, Sample
 from r1v.rollout.engine import Completion, SamplingParams
+from r1v.rollout.streams import stream_key
+
+BatchParams = Callable[[int, int], SamplingParams]
+"""`(start, stop) -> SamplingParams` for the samples `start:stop` (per-sample penalties, seeds)."""
 
 
-def generate(vlm: Any, samples: Sequence[Sample], params: SamplingParams, *, batch_size: int,
-             on_batch: Callable[[int], None] | None = None, progress: str | None = None,
+def generate(model: Any, samples: Sequence[Sample], params: SamplingParams | BatchParams, *, batch_size: int,
+             on_batch: Callable[[int], None] | None = None, gather: bool = True, progress: str | None = None,
              console: Any = None) -> list[list[Completion]]:
-    """`params.n` completions per sample from `vlm` (a model bundle), `batch_size` prompts per engine call;
-    `on_batch(done)` is told how many samples are done after each call; `progress` (a description) shows a
-    progress bar with an ETA (`r1v.progress`) on `console`."""
+    """`params.n` completions per sample, `batch_size` prompts per engine call, each process its contiguous
+    share of `samples` (`dist.shard_bounds`).
+
+    `model`: a model bundle (a `TransformersEngine` is made for it, the model in eval mode for the call and
+    its training flag restored after) or any engine with `generate(samples, params, seeds=None)`. `params`:
+    one `SamplingParams` for every call, or a `BatchParams` building each call's from the sample range.
+    `on_batch(done)` is told how many of this process's samples are done after each call. `gather=False`
+    returns this process's share only. `progress` (a description) shows a progress bar with an ETA
+    (`r1v.progress`) on `console`, on the main process."""
     from r1v.progress import progress_bar
     from r1v.rollout.engine import TransformersEngine
 
-    engine = TransformersEngine(vlm)
+    rank, world = dist.world_info()
+    first, last = dist.shard_bounds(len(samples), rank, world)
+    is_engine = hasattr(model, "generate")
+    engine = model if is_engine else TransformersEngine(model)
     groups: list[list[Completion]] = []
-    was_training = vlm.model.training
-    vlm.model.eval()
+    was_training = None if is_engine else model.model.training
+    if not is_engine:
+        model.model.eval()
     try:
-        with progress_bar(console, enabled=progress is not None, transient=True) as bar:
-            task = bar.add_task(progress or "generating", total=len(samples))
-            for start in range(0, len(samples), batch_size):
-                groups.extend(engine.generate(list(samples[start:start + batch_size]), params))
+        with progress_bar(console, enabled=progress is not None and rank == 0, transient=True) as bar:
+            task = bar.add_task(progress or "generating", total=last - first)
+            for start in range(first, last, batch_size):
+                stop = min(start + batch_size, last)
+                call = params if isinstance(params, SamplingParams) else params(start, stop)
+                seeds = None
+                if call.seed is not None:  # per-sample streams, not the global RNG: the same on 1 and N processes
+                    seeds = [stream_key(call.seed, i) for i in range(start, stop)]
+                    call = replace(call, seed=None)
+                groups.extend(engine.generate(list(samples[start:stop]), call, seeds=seeds))
                 bar.update(task, completed=len(groups))
                 if on_batch is not None:
                     on_batch(len(groups))
     finally:
-        vlm.model.train(was_training)
-    return groups
+        if was_training is not None:
+            model.model.train(was_training)
+    return dist.gather(groups, world) if gather else groups
 
 
 def greedy(max_new_tokens: int, *, think: bool = True) -> SamplingParams:
@@ -91,6 +119,27 @@ def judge(vlm: Any, samples: Sequence[Sample], *, max_new_tokens: int = 256, bat
     return Judged(correct, answers)
 
 
+def verified(samples: Sequence[Sample], completions: Sequence[Completion]) -> list[bool]:
+    """Is each completion's final answer (in its answer part) the sample's gold? (Chains without an answer
+    part are judged on their whole text; an empty answer never verifies.)"""
+    answers = [c.answer if c.think is not None else c.text for c in completions]
+    return [ok and bool(a.strip()) for ok, a in zip(correct_many(answers, samples), answers, strict=True)]
+
+
+def assistant_turn(sample: Sample, c: Completion) -> str:
+    """`<think>\\n{chain}\\n</think>\\n\\n{answer}`, with a `\\boxed{}` final answer added when missing."""
+    from r1v.rewards.extract import extract_answer, last_boxed
+    from r1v.rewards.rules import columns_of, gold_letter, is_multiple_choice
+
+    answer = c.answer.strip()
+    if last_boxed(answer) is None:
+        cols = columns_of(sample)
+        final = (gold_letter(str(sample.answer), cols.get("choices")) if is_multiple_choice(cols)
+                 else extract_answer(answer)) or str(sample.answer)
+        answer = f"{answer}\n\n\\boxed{{{final}}}".strip()
+    return f"<think>\n{(c.think or '').strip()}\n</think>\n\n{answer}"
+
+
 def heldout_accuracy(vlm: Any, samples: Sequence[Sample], *, max_new_tokens: int, batch_size: int = 8
                      ) -> float | None:
     """Greedy accuracy of `vlm` on `samples` (None when there are none)."""
@@ -118,14 +167,20 @@ def generate_pairs(vlm: Any, samples: Sequence[Sample], params: SamplingParams, 
                    margin_threshold: float, pairs_per_prompt: int, rm: Any = None,
                    ) -> tuple[list[PreferencePair], dict[str, int]]:
     """Sample `params.n` completions per prompt from `vlm`, judge them (`rule_verdicts`), score them (the
-    reward model `rm`, else the rule score) and pair them (`r1v.data.pairs.build_pairs`)."""
+    reward model `rm`, else the rule score) and pair them (`r1v.data.pairs.build_pairs`). On N processes
+    each process generates, judges and scores its share of the prompts; every process gets all the pairs
+    (in prompt order) and the summed counts."""
     from r1v.data.pairs import build_pairs
     from r1v.rewards.reward_model import as_assistant_turn
 
+    rank, world = dist.world_info()
+    start, stop = dist.shard_bounds(len(samples), rank, world)
     groups, truncs = [], []
-    for g in generate(vlm, samples, params, batch_size=batch_size, progress=f"sampling {params.n} answers per prompt"):
+    for g in generate(vlm, samples, params, batch_size=batch_size, gather=False,
+                      progress=f"sampling {params.n} answers per prompt"):
         groups.append([as_assistant_turn(c.text) for c in g])
         truncs.append([c.finish_reason == "length" for c in g])
+    samples = samples[start:stop]
     flat_s = [s for s, g in zip(samples, groups, strict=True) for _ in g]
     flat_t = [t for g in groups for t in g]
     flat_v = rule_verdicts(flat_s, flat_t, [x for g in truncs for x in g])
@@ -139,4 +194,8 @@ def generate_pairs(vlm: Any, samples: Sequence[Sample], params: SamplingParams, 
     counts["completions"] = len(flat_t)
     counts["correct"] = sum(v["correct"] for v in flat_v)
     counts["hallucinated"] = sum(bool(v["hallucinated"]) for v in flat_v)
-    return pairs, dict(counts)
+    total: dict[str, int] = {}
+    for part in dist.gather([dict(counts)], world):
+        for key, n in part.items():
+            total[key] = total.get(key, 0) + n
+    return dist.gather(pairs, world), total

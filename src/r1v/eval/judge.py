@@ -48,10 +48,6 @@ Model response:
 """
 
 
-class JudgeError(Exception):
-    """A request that failed for good (retries exhausted or a non-retryable HTTP status)."""
-
-
 def _default_cache() -> Path:
     home = os.environ.get("R1V_HOME")
     return (Path(home) if home else Path.home() / ".cache" / "r1v") / "judge"

@@ -91,7 +91,7 @@ def build_preset(name: str, device: str = "cpu", dtype: torch.dtype | None = Non
     tokenizer = None
     text = dict(preset.text)
     image_token_id = preset.image_token_id
-    if name == "tiny":
+    if name in ("tiny", "tiny64"):
         tokenizer = tiny_tokenizer()
         text["vocab_size"] = len(tokenizer)
         image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)

@@ -5,6 +5,8 @@
 - `r1v3-38b`: InternVL3-38B shapes: same ViT + Qwen2.5-32B shapes (template r1v3).
 - `tiny`: random 2-layer ViT on 56 px tiles (4 tokens per tile) + random 2-layer Qwen2 (hidden 64) with
   the byte-level tiny tokenizer; for tests.
+- `tiny64`: `tiny` with a head size of 64 in its LLM (hidden 128, 2 heads): the smallest shape vLLM's CPU
+  attention accepts (it refuses head size 16), for the tests of the vLLM engine.
 - `smol`: the real SmolLM2-135M-Instruct + the project's small vision tower (from `r1v.assets`).
 
 The 38B presets have no tokenizer (none can be downloaded); a real checkpoint folder supplies one.
@@ -41,6 +43,9 @@ TINY_TEXT = dict(
     tie_word_embeddings=False,
 )
 
+TINY64_TEXT = {**TINY_TEXT, "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2,
+               "num_key_value_heads": 2}
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -69,6 +74,9 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         "tiny", "random test model: 2-layer ViT (56 px tiles, 4 tokens/tile) + 2-layer Qwen2 (hidden 64)",
         ProcessingSpec(template="r1v3", tile_size=56, patch_size=14, max_tiles=6), TINY_VISION, TINY_TEXT),
+    "tiny64": Preset(
+        "tiny64", "tiny with LLM head size 64 (hidden 128, 2 heads): what vLLM's CPU attention runs",
+        ProcessingSpec(template="r1v3", tile_size=56, patch_size=14, max_tiles=6), TINY_VISION, TINY64_TEXT),
     "smol": Preset(
         "smol", "SmolLM2-135M-Instruct + the project's small vision tower (from r1v.assets)",
         ProcessingSpec(template="chatml"), from_assets=True),

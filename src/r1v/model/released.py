@@ -366,9 +366,9 @@ def load_released(folder: str | Path, dtype: torch.dtype | None = None):
     if config.tie_word_embeddings:
         model.tie_weights()
     if added:
-        from r1v.model.tokens import _grow_embeddings
+        from r1v.model.tokens import grow_embeddings
 
-        _grow_embeddings(model, len(tok), [tok.convert_tokens_to_ids(t) for t in added])
+        grow_embeddings(model, len(tok), [tok.convert_tokens_to_ids(t) for t in added])
     if dtype is not None:
         model.to(dtype)
     model.eval()

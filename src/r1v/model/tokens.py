@@ -62,12 +62,12 @@ def add_image_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel 
             raise ModelError(f"tokenizer cannot hold {t!r} as one token even after adding it")
     if model is not None and missing:
         new_ids = [tokenizer.convert_tokens_to_ids(t) for t in missing]
-        _grow_embeddings(model, len(tokenizer), new_ids)
+        grow_embeddings(model, len(tokenizer), new_ids)
     return missing
 
 
 @torch.no_grad()
-def _grow_embeddings(model: PreTrainedModel, n_tokens: int, new_ids: list[int]) -> None:
+def grow_embeddings(model: PreTrainedModel, n_tokens: int, new_ids: list[int]) -> None:
     emb = model.get_input_embeddings()
     old = emb.weight.shape[0]
     keep = min(ids for ids in new_ids) if new_ids else old

@@ -2,7 +2,8 @@
 
     r1v train sft --config configs/sft.yaml model=tiny train.max_steps=2
 
-A stage is a module with `CONFIG` (its typed config dataclass) and `run(cfg) -> dict` (the summary).
+A stage is a module with `CONFIG` (its typed, named config dataclass) and `run(cfg, console=None) -> dict`
+(the summary); the pipeline and `r1v train` call every stage that one way.
 `STAGES` maps the command name to the module, so adding a stage is one line here. Stage modules are
 imported only when their command runs, so `r1v --help` stays fast.
 
@@ -35,6 +36,7 @@ STAGES: dict[str, str] = {
     "rm": "r1v.recipes.reward_model",
     "connector-tune": "r1v.recipes.connector_tune",
     "agent-sft": "r1v.recipes.agent_sft",
+    "reasoning-llm": "r1v.recipes.reasoning_llm",
 }
 
 _STAGE_LINE = re.compile(r"^#\s*r1v-stage:\s*([\w-]+)\s*$", re.MULTILINE)
@@ -70,7 +72,7 @@ def load_stage_config(name: str, path: str | Path | None = None, overrides: list
 def run_stage(name: str, path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
     """Load the config and run stage `name`; returns its summary."""
     cfg = load_stage_config(name, path, overrides)
-    return stage_module(name).run(cfg)
+    return stage_module(name).run(cfg, console=None)
 
 
 def _help(name: str) -> str:

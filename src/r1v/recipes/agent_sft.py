@@ -17,15 +17,8 @@
    clean expert runs on `look_tasks` and only the answer turn after the crop's `<observation>` is trained
    (`observation_perception_samples`). `plain` uses the single-image questions of `perception_samples`;
    those are "image + question -> answer at once", the agent's FIRST-turn context, where it must call the
-   tool instead. The loss is token-level (as `r1v train sft`); `turn_mean_loss` weighs every turn the same,
-   which leaves the decisive tokens of the ~180-token tool-call turn (the thought's first word, `<tool_call>`
-   vs `<answer>`) ~1/180 of a turn's weight. Measured on smol (20 steps, plain perception, turn-mean loss):
-   the agent never called the tool; teacher-forced on held-out expert turns, p(<tool_call>) was 0.002
-   (p(<answer>) 0.996) and the first word was " zoom" 0.29 / " shapes" 0.28 / " image" 0.22 (the last
-   two from the answer turns and the plain perception samples). `both` mixes the two forms over the same
-   crops: the observation form alone left the agent naming only triangles and stars after 30 steps (20/40
-   on its own training crops, 8/40 held out), while plain crops taught a no-tool model 0.525 in the same
-   budget.
+   tool instead. `both` mixes the two forms over the same crops. The loss is token-level (as `r1v train
+   sft`); `turn_mean_loss` weighs every turn the same. Why these defaults: docs/findings.md.
 4. Optional held-out check (`eval_tasks`): agent-loop accuracy with the code tool before and after.
 
 `max_tiles` caps the tiles per image (1: the model sees every image as one tile, 112 px for smol, so the zoom tool is

@@ -3,9 +3,12 @@
     r1v train connector-tune --config configs/connector_tune.yaml
     r1v train connector-tune --config configs/connector_tune.yaml select.checkpoints=[runs/grpo] data=mix.jsonl
 
-1. Checkpoint selection (`select.checkpoints` non-empty): every candidate (a model folder, an RL
-   checkpoint `step-N/` with its `model/`, or a whole RL run folder, meaning all its `checkpoints/step-*`)
-   answers the validation prompts greedily; each gets
+1. Checkpoint selection (`select.checkpoints` non-empty): every candidate (a model folder, a checkpoint
+   `step-N/`, or a whole run folder, meaning all its `checkpoints/step-*`) answers the validation prompts
+   greedily. A checkpoint with an exported `model/` loads that; a GRPO checkpoint holds the trainable parts
+   only (`trainable.safetensors`) and its run's `config.json`, so it loads as the run's base `model` with
+   the run's `train.policy` applied, the trainable parts laid over it and LoRA adapters merged (GRPO's
+   `train.keep_last` says how many candidates a run keeps). Each candidate gets
    - `critical_entropy`: R1V3's indicator as `r1v.algos.entropy` defines it: teacher-forced token entropy
      of the thinking span, mean over each completion's top `select.top_fraction` highest-entropy tokens,
      averaged over completions;
@@ -36,6 +39,7 @@ from r1v.atomic import write_summary
 from r1v.data.schema import Sample
 from r1v.data.sources import atomic_write_text
 from r1v.errors import ConfigError, ModelError
+from r1v.model.trainable import save_vlm
 from r1v.recipes import sft
 from r1v.recipes.sft import SFTConfig
 from r1v.tables import print_table
@@ -81,24 +85,58 @@ class ConnectorTuneConfig(SFTConfig):
 CONFIG = ConnectorTuneConfig
 
 
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "model" / "config.json").is_file() or (path / "trainable.safetensors").is_file()
+
+
 def candidate_folders(entries: Sequence[str | Path]) -> list[Path]:
-    """Model folders behind each entry: a model folder, an RL checkpoint (`step-N/model`) or a run folder."""
+    """The candidates behind each entry: a model folder, a checkpoint `step-N/` (with an exported `model/`,
+    or a GRPO checkpoint's trainable parts), or a run folder (each of its `checkpoints/step-*`)."""
     out: list[Path] = []
     for entry in entries:
         path = Path(entry)
         if (path / "checkpoints").is_dir():
-            steps = sorted((p for p in (path / "checkpoints").glob("step-*") if (p / "model").is_dir()),
+            steps = sorted((p for p in (path / "checkpoints").glob("step-*") if _is_checkpoint(p)),
                            key=lambda p: int(STEP_RE.search(p.name).group(1)))  # type: ignore[union-attr]
             if not steps:
-                raise ModelError(f"{path}: no checkpoints/step-*/model folders to choose from")
-            out.extend(p / "model" for p in steps)
+                raise ModelError(f"{path}: no checkpoints/step-* with a model/ or trainable.safetensors to choose from")
+            out.extend(p / "model" if (p / "model" / "config.json").is_file() else p for p in steps)
         elif (path / "model" / "config.json").is_file():
             out.append(path / "model")
-        elif (path / "config.json").is_file():
+        elif (path / "trainable.safetensors").is_file() or (path / "config.json").is_file():
             out.append(path)
         else:
-            raise ModelError(f"{path}: not a model folder, an RL checkpoint or a run folder with checkpoints/")
+            raise ModelError(f"{path}: not a model folder, a checkpoint or a run folder with checkpoints/")
     return out
+
+
+def load_candidate(folder: Path) -> Any:
+    """A candidate as a plain VLM: a model folder as it is; a checkpoint of trainable parts as its run's base
+    model (`config.json`: `model`, `train.policy`) with those parts laid over it, LoRA merged."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from r1v.model.build import load_vlm
+    from r1v.model.trainable import build_trainable
+
+    weights = folder / "trainable.safetensors"
+    if not weights.is_file():
+        return load_vlm(folder)
+    try:
+        run = json.loads((folder / "config.json").read_text())
+        base, policy = run["model"], run["train"]["policy"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{folder}/config.json: cannot tell the run's base model and train.policy ({e})") from None
+    vlm, _ = build_trainable(base, policy)
+    missing = set(load_file(str(weights))) - set(dict(vlm.model.named_parameters()))
+    if missing:
+        raise ModelError(f"{weights}: {len(missing)} tensors do not fit {base} with policy {policy} "
+                         f"(e.g. {sorted(missing)[0]})")
+    vlm.model.load_state_dict(load_file(str(weights)), strict=False)
+    if hasattr(vlm.model, "merge_and_unload"):
+        vlm = replace(vlm, model=vlm.model.merge_and_unload())
+    return vlm
 
 
 def step_of(path: Path, index: int) -> int:
@@ -149,12 +187,10 @@ def score_model(vlm: Any, samples: Sequence[Sample], *, max_new_tokens: int = 12
 def choose_checkpoint(entries: Sequence[str | Path], samples: Sequence[Sample], cfg: SelectConfig,
                       log: Any = print) -> dict[str, Any]:
     """Score every candidate and choose one by `cfg.by`; returns {"chosen", "step", "rule", "scores"}."""
-    from r1v.model.build import load_vlm
-
     folders = candidate_folders(entries)
     scores = []
     for i, folder in enumerate(folders):
-        s = score_model(load_vlm(folder), samples, max_new_tokens=cfg.max_new_tokens, top_fraction=cfg.top_fraction)
+        s = score_model(load_candidate(folder), samples, max_new_tokens=cfg.max_new_tokens, top_fraction=cfg.top_fraction)
         scores.append({"path": str(folder), "step": step_of(folder, i), **s})
         log(f"connector-tune: {folder}: critical entropy {s['critical_entropy']:.4f}, reward {s['reward']:.3f}")
     if len({s["step"] for s in scores}) != len(scores):  # duplicate step numbers: fall back to list order
@@ -186,6 +222,8 @@ def run(cfg: ConnectorTuneConfig, console: Console | None = None) -> dict:
                                                  limit=cfg.select.val_limit, with_target=False)]
         selection = choose_checkpoint(cfg.select.checkpoints, val, cfg.select, log=console.print)
         model = selection["chosen"]
+        if (Path(model) / "trainable.safetensors").is_file():  # trainable parts only: tune a full model folder
+            model = str(save_vlm(load_candidate(Path(model)), out / "chosen"))
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "selection.json", json.dumps(selection, indent=2) + "\n")
         print_table(console, f"checkpoint selection ({selection['rule']})", ["step", "critical entropy", "reward",

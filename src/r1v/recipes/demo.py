@@ -51,7 +51,7 @@ def prepare_parts(console: Console, *, seed: int = 0, tower_steps: int = 800,
     """SmolLM2 folder and the vision tower (pretrained on easy-VQA + rendered tasks, full deterministic
     schedule, when the cached one lacks the rendered source); both cached, so later runs reuse them."""
     from r1v.assets import pretrain_vision_tower, smollm2_dir, vision_tower_dir
-    from r1v.assets._cache import read_manifest
+    from r1v.assets.cache import read_manifest
     from r1v.assets.vision import load_metrics
     from r1v.data.demo_tasks import rendered_source
 

@@ -23,30 +23,42 @@ The whole algorithm, in order:
    the raw and normalised scores, P, and `source` in `meta`), `dropped.jsonl` and `summary.json`.
 
 The paper runs this before Stage 1 and before every iterative-SFT round; here one call is one round.
-Reading and checking prompts (`read_stage_data`, `check_prompts`, `BadSamples`) come from
-`r1v.data.stage_data`; the generation helpers here are shared with `r1v.recipes.rejection_sample`.
+Reading and checking prompts come from `r1v.data.stage_data`; generating and verifying chains from
+`r1v.eval.generate`; the student and teacher engines from `r1v.eval.teacher`. `run(cfg)` builds the
+engines from the config; `run_with(cfg, student, teacher=..., judge=...)` takes them ready-made (tests).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from rich.console import Console
+
 from r1v.algos.length import drlc_penalty, minmax_normalise
+from r1v.atomic import write_summary
 from r1v.config import to_dict
-from r1v.data.schema import Message, Sample
-from r1v.data.sources import atomic_write_text, write_jsonl
-from r1v.data.stage_data import BadSamples, PromptStageConfig, check_prompts, read_prompts
+from r1v.data.quality import SampleScores, Scorers
+from r1v.data.schema import Message, Row, Sample
+from r1v.data.sources import write_jsonl
+from r1v.data.stage_data import (
+    BadSamples,
+    GenerationConfig,
+    PromptStageConfig,
+    TeacherConfig,
+    check_prompts,
+    prompt_only,
+    read_prompts,
+)
 from r1v.errors import ConfigError, DataError, ImageError
-from r1v.rewards.extract import extract_answer, last_boxed
-from r1v.rewards.rules import accuracy_many, columns_of, gold_letter, is_multiple_choice
-from r1v.rollout.engine import Completion, SamplingParams, split_completion
+from r1v.eval.generate import assistant_turn, generate, verified
+from r1v.eval.teacher import build_engine, make_judge, teacher_engine
+from r1v.rollout.engine import Completion, SamplingParams
 
 Source = Literal["kept", "revised", "dropped"]
 HINT = ("\n\nThe correct answer is {answer}. Reason step by step to it, then give the final answer "
@@ -54,41 +66,6 @@ HINT = ("\n\nThe correct answer is {answer}. Reason step by step to it, then giv
 
 
 # ---------------------------------------------------------------------------------------------- config
-
-
-@dataclass
-class GenerationConfig:
-    """Sampling for the model's own chains (repetition penalty comes from DRLC, per sample)."""
-
-    max_new_tokens: int = 96
-    max_think_tokens: int | None = 64
-    temperature: float = 0.6
-    top_p: float = 0.95
-    batch_size: int = 8
-
-    def validate(self) -> None:
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ConfigError("batch_size and max_new_tokens must be >= 1")
-
-
-@dataclass
-class TeacherConfig:
-    """Who revises wrong chains: `model` (a local preset/folder), `endpoint` (OpenAI-compatible) or `none`."""
-
-    kind: Literal["model", "endpoint", "none"] = "model"
-    model: str = "tiny"
-    url: str | None = None
-    name: str | None = None
-    cache_dir: str | None = None
-    attempts: int = 2
-    temperature: float = 0.6
-    max_new_tokens: int = 128
-
-    def validate(self) -> None:
-        if self.kind == "endpoint" and not (self.url and self.name):
-            raise ConfigError("teacher.kind=endpoint needs teacher.url and teacher.name")
-        if self.attempts < 1:
-            raise ConfigError("teacher.attempts must be >= 1")
 
 
 @dataclass
@@ -124,7 +101,7 @@ class DRLCConfig:
 
 
 @dataclass
-class Config(PromptStageConfig):
+class DistillConfig(PromptStageConfig):
     """One AL-CoTD round. `data`: a data file or `synthetic:N`; `model`: preset name or model folder."""
 
     out: Path = Path("runs/distill")
@@ -134,84 +111,116 @@ class Config(PromptStageConfig):
     drlc: DRLCConfig = field(default_factory=DRLCConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
-CONFIG = Config  # the stage registry's name for the config class
+CONFIG = DistillConfig  # the stage registry's name for the config class
 
 
 # ---------------------------------------------------------------------------------------------- the stage
 
 
-def run(cfg: Config, *, student: Any = None, teacher: Any = None, judge: Any = None,
-        log: Callable[[str], None] = print) -> dict:
-    """Run one AL-CoTD round; returns (and writes) the summary. Engines/judge may be injected (tests)."""
-    from r1v.data.quality import Scorers
+def run(cfg: DistillConfig, console: Console | None = None) -> dict:
+    """Run one AL-CoTD round with the student the config names; returns (and writes) the summary."""
+    vlm, student = build_engine(cfg.model)
+    return run_with(cfg, student, tile_size=vlm.spec.tile_size, console=console)
 
+
+def run_with(cfg: DistillConfig, student: Any, *, teacher: Any = None, judge: Any = None, tile_size: int = 448,
+             console: Console | None = None) -> dict:
+    """One AL-CoTD round with a ready-made `student` engine (and optionally the teacher and judge)."""
+    console = console or Console()
     t0 = time.time()
-    bad = BadSamples(cfg.on_bad_sample, log)
-    prompts = read_prompts(cfg, bad)
-    vlm = None
-    if student is None:
-        vlm, student = build_engine(cfg.model)
-    tokenizer = getattr(student, "tokenizer", None)
-    prompts = check_prompts(prompts, bad, max_prompt_tokens=cfg.max_prompt_tokens, tokenizer=tokenizer)
+    bad = BadSamples(cfg.on_bad_sample, lambda m: console.print(m, markup=False, highlight=False))
+    prompts = check_prompts(read_prompts(cfg, bad), bad, max_prompt_tokens=cfg.max_prompt_tokens,
+                            tokenizer=getattr(student, "tokenizer", None))
     if not prompts:
         raise DataError("no usable samples left to distill", source=cfg.data)
+    scorers = make_scorers(cfg.scorers, judge, tile_size)
+    prompts, raw = score_prompts(prompts, scorers, bad)
+    norm, penalty = drlc(raw, cfg.drlc)
+    console.print(f"distill: {len(prompts)} prompts scored; P in [{min(penalty):.3f}, {max(penalty):.3f}]")
+    samples = [prompt_only(p.sample) for p in prompts]
+    first = self_distill(student, samples, penalty, cfg)
+    chains: list[Completion | None] = [c if good and c.think else None
+                                       for c, good in zip(first, verified(samples, first), strict=True)]
+    sources: list[Source] = ["kept" if c is not None else "dropped" for c in chains]
+    if any(c is None for c in chains) and cfg.teacher.kind != "none":
+        teacher = teacher or teacher_engine(cfg.teacher, temperature=cfg.teacher.temperature,
+                                            max_new_tokens=cfg.teacher.max_new_tokens, student=student,
+                                            student_model=cfg.model)
+        revise(teacher, samples, chains, sources, penalty, cfg)
+    summary = write_outputs(cfg, prompts, samples, first, chains, sources,
+                            {"raw": raw, "norm": norm, "penalty": penalty})
+    summary.update(judge_fallbacks=dict(scorers.fallbacks), bad_samples=bad.summary(),
+                   seconds=round(time.time() - t0, 3), config=to_dict(cfg))
+    write_summary(cfg.out, summary)
+    console.print(f"distill: kept {summary['kept']}, revised {summary['revised']}, dropped {summary['dropped']}, "
+                  f"skipped {bad.summary()['skipped']} -> {cfg.out / 'data.jsonl'}")
+    return summary
 
-    # QDAM + VTIA
-    if judge is None and "judge" in (cfg.scorers.vision, cfg.scorers.text, cfg.scorers.integration):
-        judge = make_judge(cfg.scorers.judge_url, cfg.scorers.judge_model, cfg.scorers.judge_cache)
-    tile = cfg.scorers.tile_size or (vlm.spec.tile_size if vlm is not None else 448)
-    scorers = Scorers(cfg.scorers.vision, cfg.scorers.text, cfg.scorers.integration, judge=judge,
-                      tile_size=tile, blur_ref=cfg.scorers.blur_ref)
-    kept_prompts, raw = [], []
+
+# ---------------------------------------------------------------------------------------------- phases
+
+
+def make_scorers(sc: ScorerConfig, judge: Any, tile_size: int) -> Scorers:
+    """The QDAM/VTIA scorers of the config (a judge client made from it when one scorer needs it)."""
+    if judge is None and "judge" in (sc.vision, sc.text, sc.integration):
+        judge = make_judge(sc.judge_url, sc.judge_model, sc.judge_cache)
+    return Scorers(sc.vision, sc.text, sc.integration, judge=judge, tile_size=sc.tile_size or tile_size,
+                   blur_ref=sc.blur_ref)
+
+
+def score_prompts(prompts: Sequence[Row], scorers: Scorers, bad: BadSamples) -> tuple[list[Row], list[SampleScores]]:
+    """QDAM + VTIA raw scores per prompt; a prompt whose image fails here goes through `bad`."""
+    kept, raw = [], []
     for p in prompts:
         try:
             raw.append(scorers.score(p.sample))
-        except ImageError as e:  # checked above, but a file may vanish or be unreadable in another way
+        except ImageError as e:  # checked before, but a file may vanish or be unreadable in another way
             bad.handle(DataError(str(e), source=p.source, record=p.record, field="images"), "image")
             continue
-        kept_prompts.append(p)
-    prompts = kept_prompts
-    # DRLC
+        kept.append(p)
+    return kept, raw
+
+
+def drlc(raw: Sequence[SampleScores], d: DRLCConfig) -> tuple[dict[str, list[float]], list[float]]:
+    """DRLC: the min-max normalised scores and the per-sample repetition penalty P."""
     norm = {k: minmax_normalise([getattr(s, k) for s in raw], k).tolist() for k in ("sv", "st", "si")}
-    penalty = drlc_penalty(norm["sv"], norm["st"], norm["si"], cfg.drlc.alpha, cfg.drlc.beta,
-                           cfg.drlc.gamma).tolist()
-    log(f"distill: {len(prompts)} prompts scored; P in [{min(penalty):.3f}, {max(penalty):.3f}]")
+    return norm, drlc_penalty(norm["sv"], norm["st"], norm["si"], d.alpha, d.beta, d.gamma).tolist()
 
-    # self-distillation: the model's own chains with its per-sample P
+
+def self_distill(student: Any, samples: Sequence[Sample], penalty: Sequence[float], cfg: DistillConfig
+                 ) -> list[Completion]:
+    """The student's own chain per prompt, each generated with its sample's P."""
     gen = cfg.generation
-    samples = [prompt_only(p.sample) for p in prompts]
-    own = generate_chunked(student, samples, penalty, gen.batch_size, lambda rp, i: SamplingParams(
+    groups = generate(student, samples, lambda lo, hi: SamplingParams(
         max_new_tokens=gen.max_new_tokens, max_think_tokens=gen.max_think_tokens, temperature=gen.temperature,
-        top_p=gen.top_p, repetition_penalty=rp, n=1, seed=cfg.seed + i))
-    first = [g[0] for g in own]
-    ok = verified(samples, first)
-    chains: list[Completion | None] = [c if good and c.think else None for c, good in zip(first, ok, strict=True)]
-    sources: list[Source] = ["kept" if c is not None else "dropped" for c in chains]
+        top_p=gen.top_p, repetition_penalty=[float(x) for x in penalty[lo:hi]], n=1, seed=cfg.seed),
+        batch_size=gen.batch_size, progress="student chains")
+    return [g[0] for g in groups]
 
-    # revise the wrong ones with an answer-conditioned teacher
+
+def revise(teacher: Any, samples: Sequence[Sample], chains: list[Completion | None], sources: list[Source],
+           penalty: Sequence[float], cfg: DistillConfig) -> None:
+    """Ask the teacher, answer-conditioned, for the prompts without a chain; the first of its attempts that
+    verifies replaces the chain (source "revised")."""
     wrong = [i for i, c in enumerate(chains) if c is None]
-    if wrong and cfg.teacher.kind != "none":
-        if teacher is None:
-            teacher = (student if cfg.teacher.model == cfg.model else build_engine(cfg.teacher.model)[1]) \
-                if cfg.teacher.kind == "model" else EndpointTeacher(
-                    cfg.teacher.url or "", cfg.teacher.name or "", cache_dir=cfg.teacher.cache_dir,
-                    temperature=cfg.teacher.temperature, max_new_tokens=cfg.teacher.max_new_tokens)
-        hinted = [with_hint(samples[i]) for i in wrong]
-        tc = cfg.teacher
-        groups = generate_chunked(teacher, hinted, [penalty[i] for i in wrong], gen.batch_size,
-                                  lambda rp, j: SamplingParams(
-                                      max_new_tokens=tc.max_new_tokens, max_think_tokens=gen.max_think_tokens,
-                                      temperature=tc.temperature, top_p=gen.top_p, repetition_penalty=rp,
-                                      n=tc.attempts, seed=cfg.seed + 1000 + j))
-        flat_s = [samples[i] for i, g in zip(wrong, groups, strict=True) for _ in g]
-        flat_c = [c for g in groups for c in g]
-        flat_ok = iter(verified(flat_s, flat_c))
-        for i, g in zip(wrong, groups, strict=True):
-            good = [c for c in g if next(flat_ok) and c.think]
-            if good:
-                chains[i], sources[i] = good[0], "revised"
+    gen, tc = cfg.generation, cfg.teacher
+    wrong_p = [float(penalty[i]) for i in wrong]
+    groups = generate(teacher, [with_hint(samples[i]) for i in wrong], lambda lo, hi: SamplingParams(
+        max_new_tokens=tc.max_new_tokens, max_think_tokens=gen.max_think_tokens, temperature=tc.temperature,
+        top_p=gen.top_p, repetition_penalty=wrong_p[lo:hi], n=tc.attempts, seed=cfg.seed + 1000),
+        batch_size=gen.batch_size, progress="teacher revisions")
+    flat_ok = iter(verified([samples[i] for i, g in zip(wrong, groups, strict=True) for _ in g],
+                            [c for g in groups for c in g]))
+    for i, g in zip(wrong, groups, strict=True):
+        good = [c for c in g if next(flat_ok) and c.think]
+        if good:
+            chains[i], sources[i] = good[0], "revised"
 
-    # write
+
+def write_outputs(cfg: DistillConfig, prompts: Sequence[Row], samples: Sequence[Sample], first: Sequence[Completion],
+                  chains: Sequence[Completion | None], sources: Sequence[Source], scores: dict[str, Any]) -> dict:
+    """`data.jsonl` (the chains as SFT samples with their scores and P) and `dropped.jsonl`; the counts."""
+    raw, norm, penalty = scores["raw"], scores["norm"], scores["penalty"]
     out_rows, dropped_rows = [], []
     for k, (p, s, c, src) in enumerate(zip(prompts, samples, chains, sources, strict=True)):
         meta = dict(s.meta)
@@ -229,41 +238,10 @@ def run(cfg: Config, *, student: Any = None, teacher: Any = None, judge: Any = N
     write_jsonl(out_rows, cfg.out / "data.jsonl")
     write_jsonl(dropped_rows, cfg.out / "dropped.jsonl")
     counts = Counter(sources)
-    summary = {
-        "stage": "distill", "prompts": len(prompts), "kept": counts["kept"], "revised": counts["revised"],
-        "dropped": counts["dropped"], "written": len(out_rows),
-        "penalty": {"min": min(penalty), "mean": sum(penalty) / len(penalty), "max": max(penalty)},
-        "judge_fallbacks": dict(scorers.fallbacks), "bad_samples": bad.summary(),
-        "files": {"data": str(cfg.out / "data.jsonl"), "dropped": str(cfg.out / "dropped.jsonl")},
-        "seconds": round(time.time() - t0, 3), "config": to_dict(cfg),
-    }
-    atomic_write_text(cfg.out / "summary.json", json.dumps(summary, indent=2, default=str))
-    log(f"distill: kept {counts['kept']}, revised {counts['revised']}, dropped {counts['dropped']}, "
-        f"skipped {bad.summary()['skipped']} -> {cfg.out / 'data.jsonl'}")
-    return summary
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def build_engine(target: str) -> tuple[Any, Any]:
-    """A preset name or model folder -> (VLM, TransformersEngine)."""
-    from r1v.model.build import load_vlm
-    from r1v.rollout.engine import TransformersEngine
-
-    vlm = load_vlm(target)
-    return vlm, TransformersEngine(vlm)
-
-
-def make_judge(url: str | None, model: str | None, cache_dir: str | None, **kwargs: Any) -> Any:
-    from r1v.eval.judge import Judge
-
-    return Judge(url or "", model or "", cache_dir=Path(cache_dir) if cache_dir else None, **kwargs)
-
-
-def prompt_only(sample: Sample) -> Sample:
-    """The sample without a final assistant turn (what the model is asked)."""
-    return replace(sample, messages=sample.prompt_messages(), meta=dict(sample.meta))
+    return {"stage": "distill", "prompts": len(prompts), "kept": counts["kept"], "revised": counts["revised"],
+            "dropped": counts["dropped"], "written": len(out_rows),
+            "penalty": {"min": min(penalty), "mean": sum(penalty) / len(penalty), "max": max(penalty)},
+            "files": {"data": str(cfg.out / "data.jsonl"), "dropped": str(cfg.out / "dropped.jsonl")}}
 
 
 def with_hint(sample: Sample) -> Sample:
@@ -272,71 +250,3 @@ def with_hint(sample: Sample) -> Sample:
     last = max(i for i, m in enumerate(msgs) if m.role == "user")
     msgs[last].content += HINT.format(answer=sample.answer)
     return replace(sample, messages=msgs)
-
-
-def generate_chunked(engine: Any, samples: Sequence[Sample], penalty: Sequence[float], batch_size: int,
-                     params: Callable[[list[float], int], SamplingParams]) -> list[list[Completion]]:
-    """`engine.generate` over batches; `params(penalties_of_the_batch, batch_index)` builds each call's
-    SamplingParams, so every sample is generated with its own repetition penalty."""
-    from r1v.progress import progress_bar
-
-    out: list[list[Completion]] = []
-    with progress_bar(transient=True) as bar:
-        task = bar.add_task("generating", total=len(samples))
-        for b, start in enumerate(range(0, len(samples), batch_size)):
-            chunk = list(samples[start:start + batch_size])
-            out.extend(engine.generate(chunk, params([float(x) for x in penalty[start:start + batch_size]], b)))
-            bar.update(task, completed=len(out))
-    return out
-
-
-def verified(samples: Sequence[Sample], completions: Sequence[Completion]) -> list[bool]:
-    """Is each completion's final answer (in its answer part) the sample's gold?"""
-    answers = [c.answer if c.think is not None else c.text for c in completions]
-    scores = accuracy_many(answers, [columns_of(s) for s in samples])
-    return [s["accuracy"] == 1.0 and bool(a.strip()) for s, a in zip(scores, answers, strict=True)]
-
-
-def assistant_turn(sample: Sample, c: Completion) -> str:
-    """`<think>\\n{chain}\\n</think>\\n\\n{answer}`, with a `\\boxed{}` final answer added when missing."""
-    answer = c.answer.strip()
-    if last_boxed(answer) is None:
-        cols = columns_of(sample)
-        final = (gold_letter(str(sample.answer), cols.get("choices")) if is_multiple_choice(cols)
-                 else extract_answer(answer)) or str(sample.answer)
-        answer = f"{answer}\n\n\\boxed{{{final}}}".strip()
-    return f"<think>\n{(c.think or '').strip()}\n</think>\n\n{answer}"
-
-
-class EndpointTeacher:
-    """A teacher behind an OpenAI-compatible chat endpoint, with the `RolloutEngine` interface.
-
-    It sees the question text only (`<image>` tags removed). Replies are cached by `Judge` (model +
-    prompt), so completion j > 0 of a sample adds "(attempt j+1)" to its prompt to get a fresh reply.
-    Repetition penalty is not sent (the OpenAI API has none); thinking is read from `<think>` tags, and a
-    reply without them is all chain. Token counts are whitespace words (an approximation).
-    """
-
-    def __init__(self, url: str, model: str, *, cache_dir: str | None = None, temperature: float = 0.6,
-                 max_new_tokens: int = 1024, judge: Any = None) -> None:
-        self.judge = judge or make_judge(url, model, cache_dir, temperature=temperature,
-                                         max_tokens=max_new_tokens)
-        self.tokenizer = None
-
-    def generate(self, samples: Sequence[Sample], params: SamplingParams) -> list[list[Completion]]:
-        out = []
-        for s in samples:
-            text = "\n\n".join(m.content.replace("<image>", "").strip() for m in s.prompt_messages()
-                               if m.role != "system")
-            group = []
-            for j in range(params.n):
-                reply = self.judge.ask(text + (f"\n\n(attempt {j + 1})" if j else "")) or ""
-                think, answer = split_completion(reply, False)
-                if think is None and reply.strip():
-                    think, answer = reply.strip(), ""
-                group.append(Completion(text=reply, token_ids=[], finish_reason="stop", think=think,
-                                        answer=answer or (f"\\boxed{{{extract_answer(reply)}}}"
-                                                          if extract_answer(reply) else ""),
-                                        num_think_tokens=len((think or "").split()), prompt_tokens=0))
-            out.append(group)
-        return out

@@ -29,6 +29,7 @@ from typing import Any
 
 from rich.console import Console
 
+from r1v import distributed as dist
 from r1v.atomic import write_summary
 from r1v.config import to_dict
 from r1v.data.schema import Sample
@@ -174,12 +175,20 @@ def plot_rounds(rounds: list[dict], path: Path) -> Path:
     return path
 
 
+def save_round(vlm: Any, folder: Path) -> None:
+    """The round's model folder, written by the main process while the others wait."""
+    if dist.world_info()[0] == 0:
+        save_vlm(vlm, folder)
+    dist.barrier()
+
+
 def run(cfg: IterativeSFTConfig, console: Console | None = None) -> dict:
     """Run T rounds; returns the summary written to `train.out_dir/summary.json`."""
     from r1v.processing.processor import Processor
 
     console = console or Console()
     out = cfg.train.out_dir
+    main = dist.ensure_process_group()[0] == 0  # the judge passes split the items over the processes
     bad = BadSamples(cfg.on_bad_sample)
     rows = read_stage_data(cfg.data, image_root=cfg.image_root, bad=bad)
     vlm, params = build_trainable(cfg.model, cfg.train.policy)
@@ -203,9 +212,10 @@ def run(cfg: IterativeSFTConfig, console: Console | None = None) -> dict:
         errors = judged.wrong if cfg.include_errors else set()
         tau, lr, connector_lr = cfg.tau[t - 1], cfg.lr(t), cfg.connector_lr(t)
         chosen, d_rm = round_data(scores, tau, errors)
-        atomic_write_text(out / "data" / f"round_{t}.json", json.dumps(
-            {"round": t, "tau": tau, "d_t": [items[i].id for i in chosen],
-             "errors": sorted(items[i].id for i in errors)}, indent=1) + "\n")
+        if main:
+            atomic_write_text(out / "data" / f"round_{t}.json", json.dumps(
+                {"round": t, "tau": tau, "d_t": [items[i].id for i in chosen],
+                 "errors": sorted(items[i].id for i in errors)}, indent=1) + "\n")
         record: dict[str, Any] = {"round": t, "tau": tau, "lr": lr, "connector_lr": connector_lr,
                                   "d_rm": len(d_rm), "errors_prev": len(errors), "errors_only": len(errors - d_rm),
                                   "d_t": len(chosen), "steps": 0, "loss": None}
@@ -218,14 +228,14 @@ def run(cfg: IterativeSFTConfig, console: Console | None = None) -> dict:
             record["resumed"] = True
         elif len(chosen) < cfg.train.samples_per_step():
             record["note"] = f"D_t has {len(chosen)} items, fewer than one optimiser step: no training"
-            save_vlm(vlm, round_dir)
+            save_round(vlm, round_dir)
         else:
             dataset, loop_cfg, stats = grouped_training_set([encoded[i] for i in chosen], round_cfg,
                                                             group_by_length=cfg.group_by_length)
             result = train(vlm.model, dataset, sft_objective(), loop_cfg, collate_fn=collate_groups(processor))
             record.update(steps=result.state.step, loss=result.last_metrics.get("sft"),
                           padding_share=stats["padding_share"])
-            save_vlm(vlm, round_dir)
+            save_round(vlm, round_dir)
         record.update(model=str(round_dir), heldout_accuracy=heldout(vlm))
         history.append(record)
         console.print(f"iterative-sft round {t}/{cfg.rounds}: tau {tau:g}, |D_rm| {len(d_rm)}, "
@@ -234,11 +244,12 @@ def run(cfg: IterativeSFTConfig, console: Console | None = None) -> dict:
         history[-1]["train_accuracy"] = judge(vlm, items, max_new_tokens=cfg.gen_max_new_tokens,
                                               batch_size=cfg.gen_batch_size).accuracy
 
-    plot = plot_rounds(history, out / "accuracy.png")
+    plot = plot_rounds(history, out / "accuracy.png") if main else out / "accuracy.png"
     summary = {"stage": "iterative-sft", "model": cfg.model, "final": history[-1]["model"],
                "samples": {"read": len(rows), "used": len(encoded)}, "bad_samples": bad.summary(),
                "params": params, "rounds": history, "plot": str(plot), "config": to_dict(cfg)}
-    write_summary(out, summary)
+    if main:
+        write_summary(out, summary)
 
     def cell(v: Any) -> Any:
         return "-" if v is None else v

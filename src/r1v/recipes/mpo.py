@@ -20,7 +20,9 @@ each judged by rule constraints and scored:
 
 Loss per pair (sequence log-probs summed over answer tokens): `r1v.algos.losses.mpo_loss` with
 `weights` (default InternVL's 0.8 / 0.2 / 1.0) and BCO's delta a running mean of implicit rewards kept in
-the training state (`extra["bco_delta"]`, restored on resume). Reference log-probs are PRECOMPUTED once
+the training state (`extra["bco_delta"]`, restored on resume): a step uses the mean over past steps and its
+own global batch's rewards are folded in after it, so the split over micro-batches and processes does not
+matter. Reference log-probs are PRECOMPUTED once
 before training with the starting model (`reference: precompute`, no reference model is held during
 training) or taken from a frozen copy every step (`reference: frozen`); both give the same loss.
 
@@ -32,7 +34,6 @@ the answers.)
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -46,6 +47,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from r1v import distributed as dist
 from r1v.algos.losses import MPO_WEIGHTS, RunningMean, mpo_loss, selective_log_softmax
 from r1v.atomic import atomic_write_text, write_summary
 from r1v.config import to_dict
@@ -54,13 +56,15 @@ from r1v.data.schema import PreferencePair
 from r1v.data.stage_data import BadSamplePolicy, BadSamples
 from r1v.errors import ConfigError, DataError, R1VError
 from r1v.eval.generate import generate_pairs
-from r1v.model.trainable import apply_trainable, export_fn, save_vlm
+from r1v.model.trainable import apply_trainable, export_fn
 from r1v.processing.processor import IGNORE_INDEX
 from r1v.rewards.reward_model import with_answer
 from r1v.rollout.engine import SamplingParams
+from r1v.rollout.streams import stream_key
 from r1v.tables import print_table
 from r1v.train import LossOutput, Objective, TrainConfig, latest_checkpoint, train
 from r1v.train.loop import setup_accelerator
+from r1v.train.shard import frozen_reference, place_reference, save_final
 from r1v.train.state import read_extra
 
 
@@ -95,6 +99,9 @@ class MPOConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     gen_batch_size: int = 8
+    regenerate_every: int | None = None
+    """Iterative MPO (source=generate): new pairs from the current policy every this many optimiser steps
+    (rounds of `train.out_dir/rounds/round-R`, the reference staying the starting model); None: pairs once."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         out_dir=Path("runs/mpo"), lr=1e-6, weight_decay=0.0, policy="connector+llm", micro_batch_size=4))
 
@@ -110,6 +117,12 @@ class MPOConfig:
             raise ConfigError("samples_per_prompt: generating pairs needs >= 2 completions per prompt")
         if self.train.policy == "lora" and self.reference == "frozen":
             raise ConfigError("reference: frozen copies the whole model; with train.policy=lora use precompute")
+        if self.regenerate_every is not None:
+            if self.regenerate_every < 1 or self.source != "generate" or self.train.max_steps is None:
+                raise ConfigError("regenerate_every: a number of steps >= 1, with source: generate and train.max_steps")
+            if self.train.fsdp:
+                raise ConfigError("regenerate_every with train.fsdp: generating needs an unsharded policy; "
+                                  "regenerate under DDP (train.fsdp: false)")
         self.train.validate()
 
 
@@ -246,20 +259,30 @@ def _can_share_prompt(model: nn.Module) -> bool:
 
 
 class SyncedRunningMean(RunningMean):
-    """`RunningMean` whose batch mean is averaged over processes first, so every rank keeps one delta."""
+    """BCO's delta for the training loop: a step's micro-batches (on every process) all use the mean of the
+    PAST steps' batch means, and the step's own rewards (the whole global batch, summed over micro-batches
+    and processes) are folded in by `commit` once the optimiser step is done. So delta does not depend on
+    how a global batch is split into micro-batches and processes (1 and N processes train the same)."""
 
     def __init__(self, accelerator: Any = None) -> None:
         super().__init__()
         self.accelerator = accelerator
+        self.pending = [0.0, 0.0]  # this process's reward sum and count in the current step
 
     def update(self, *rewards: torch.Tensor) -> float:
+        flat = torch.cat([r.detach().double().reshape(-1) for r in rewards])
+        self.pending[0] += float(flat.sum())
+        self.pending[1] += float(flat.numel())
+        return self.mean
+
+    def commit(self) -> float:
+        """Fold the finished step's mean reward (over all processes) in; every process must call it."""
+        stats = torch.tensor(self.pending, dtype=torch.float64)
         acc = self.accelerator
-        if acc is None or acc.num_processes == 1:
-            return super().update(*rewards)
-        flat = torch.cat([r.detach().float().reshape(-1) for r in rewards])
-        stats = torch.stack([flat.sum(), torch.tensor(float(flat.numel()), device=flat.device)])
-        stats = acc.reduce(stats, reduction="sum")
-        return self.update_mean((stats[0] / stats[1].clamp(min=1)).item())
+        if acc is not None and acc.num_processes > 1:
+            stats = acc.reduce(stats.to(acc.device), reduction="sum").cpu()
+        self.pending = [0.0, 0.0]
+        return self.update_mean(float(stats[0] / stats[1])) if stats[1] > 0 else self.mean
 
 
 def mpo_objective(cfg: MPOConfig, delta: RunningMean, ref_model: nn.Module | None = None) -> Objective:
@@ -283,22 +306,26 @@ def mpo_objective(cfg: MPOConfig, delta: RunningMean, ref_model: nn.Module | Non
 @torch.no_grad()
 def precompute_reference(model: nn.Module, items: list[dict], collate: Callable[[list[dict]], dict],
                          accelerator: Any, batch_size: int) -> float:
-    """Write `ref_chosen` / `ref_rejected` into every encoded pair with `model` as it is now; returns seconds."""
+    """Write `ref_chosen` / `ref_rejected` into every encoded pair with `model` (unsharded) as it is now, each
+    process its contiguous share (every process gets all); returns seconds."""
     started = time.perf_counter()
     was_training = model.training
     model.eval()
     device = accelerator.device
     model.to(device)
+    lo, hi = dist.shard_bounds(len(items), *dist.world_info())
+    mine: list[tuple[float, float]] = []
     try:
-        for s in range(0, len(items), batch_size):
-            chunk = items[s:s + batch_size]
+        for s in range(lo, hi, batch_size):
+            chunk = items[s:min(s + batch_size, hi)]
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate(chunk).items()}
             with accelerator.autocast():
                 rc, rr, _ = pair_logps(model, batch, True)
-            for it, c, r in zip(chunk, rc.tolist(), rr.tolist(), strict=True):
-                it["ref_chosen"], it["ref_rejected"] = c, r
+            mine += list(zip(rc.tolist(), rr.tolist(), strict=True))
     finally:
         model.train(was_training)
+    for it, (c, r) in zip(items, dist.gather(mine), strict=True):
+        it["ref_chosen"], it["ref_rejected"] = c, r
     return time.perf_counter() - started
 
 
@@ -334,6 +361,20 @@ def encode_pairs(processor: Any, rows: Sequence[PairRow], *, max_seq_len: int, t
     return out
 
 
+def generated_pairs(vlm: Any, prompts: Sequence[Any], cfg: MPOConfig, rm: Any, out: Path, seed: int,
+                    main: bool) -> tuple[list[PairRow], dict[str, int]]:
+    """Pairs sampled from `vlm` (`samples_per_prompt` per prompt, each process its share of the prompts, the
+    random streams keyed by `seed`), judged and paired; the main process writes them to `out/pairs.jsonl`."""
+    sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                              repetition_penalty=1.0, think=cfg.think, n=cfg.samples_per_prompt, seed=seed)
+    pairs, stats = generate_pairs(vlm, prompts, sampling, batch_size=cfg.gen_batch_size,
+                                  margin_threshold=cfg.margin_threshold, pairs_per_prompt=cfg.pairs_per_prompt, rm=rm)
+    if main:
+        atomic_write_text(out / "pairs.jsonl", "".join(
+            json.dumps(pair_record(p, base=out, image_dir=out / "pair_images"), default=str) + "\n" for p in pairs))
+    return [PairRow(p, "generated", i) for i, p in enumerate(pairs)], stats
+
+
 def run(cfg: MPOConfig, console: Console | None = None) -> dict:
     """Build or read pairs, precompute reference log-probs, train with the MPO loss; returns the summary."""
     from r1v.data.stage_data import read_stage_data
@@ -350,18 +391,11 @@ def run(cfg: MPOConfig, console: Console | None = None) -> dict:
         rm = RewardModel.load(cfg.reward_model)
     counts: Counter[str] = Counter()
     gen_stats: dict[str, int] = {}
+    main = dist.ensure_process_group()[0] == 0
     if cfg.source == "generate":
         prompts = [replace(r.sample, messages=r.sample.prompt_messages())
                    for r in read_stage_data(cfg.data, image_root=cfg.image_root, bad=bad, with_target=False)]
-        sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                  repetition_penalty=1.0, think=cfg.think, n=cfg.samples_per_prompt,
-                                  seed=cfg.train.seed)
-        pairs, gen_stats = generate_pairs(vlm, prompts, sampling, batch_size=cfg.gen_batch_size,
-                                          margin_threshold=cfg.margin_threshold,
-                                          pairs_per_prompt=cfg.pairs_per_prompt, rm=rm)
-        rows = [PairRow(p, "generated", i) for i, p in enumerate(pairs)]
-        atomic_write_text(out / "pairs.jsonl", "".join(
-            json.dumps(pair_record(p, base=out, image_dir=out / "pair_images"), default=str) + "\n" for p in pairs))
+        rows, gen_stats = generated_pairs(vlm, prompts, cfg, rm, out, cfg.train.seed, main)
     else:
         rows = read_pairs(cfg.data, image_root=cfg.image_root, bad=bad)
         if rm is not None:
@@ -372,45 +406,58 @@ def run(cfg: MPOConfig, console: Console | None = None) -> dict:
                 for i, r in enumerate(unscored):
                     r.pair.chosen_score, r.pair.rejected_score = s[i], s[len(unscored) + i]
         rows = filter_pairs(rows, cfg.margin_threshold, counts)
-    if rm is not None:
-        del rm
 
     params = apply_trainable(vlm, cfg.train.policy)
     processor = Processor(vlm.tokenizer, vlm.spec)
-    items = encode_pairs(processor, rows, max_seq_len=cfg.max_seq_len, think=cfg.think, bad=bad)
-    if len(items) < cfg.train.samples_per_step():
-        raise DataError(f"only {len(items)} usable pairs: fewer than one optimiser step of micro_batch_size "
-                        f"{cfg.train.micro_batch_size} x grad_accum {cfg.train.grad_accum}", source=cfg.data)
     collate = collate_pairs(processor.pad_id)
     accelerator = setup_accelerator(cfg.train)
-    ref_model, ref_seconds = None, 0.0
-    if cfg.reference == "precompute":
-        ref_seconds = precompute_reference(vlm.model, items, collate, accelerator, cfg.train.micro_batch_size)
-    else:
-        ref_model = copy.deepcopy(vlm.model).eval().requires_grad_(False).to(accelerator.device)
+    start = frozen_reference(vlm.model, accelerator) if cfg.regenerate_every or cfg.reference == "frozen" else None
+    ref_model = place_reference(start, accelerator, cfg.train.fsdp) if start is not None else None
     delta = SyncedRunningMean(accelerator)
-    restored = restore_delta(delta, cfg.train)
-    console.print(f"mpo: {len(items)} pairs ({len(bad.items)} bad, {dict(counts)} filtered), trainable "
-                  f"{params['trainable']:,} of {params['total']:,} ({cfg.train.policy}), reference {cfg.reference}"
-                  + (f" ({ref_seconds:.1f} s)" if ref_seconds else "")
-                  + (f", BCO delta restored {delta.mean:.4g} (n={delta.count})" if restored else ""))
+    total, every = cfg.train.max_steps, cfg.regenerate_every or cfg.train.max_steps
+    rounds: list[dict] = []
+    for r in range(math.ceil(total / every) if cfg.regenerate_every else 1):
+        if r > 0:  # iterative MPO: pairs from the current policy, sampled with the round's seed
+            rows, gen_stats = generated_pairs(vlm, prompts, cfg, rm, out / "rounds" / f"round-{r}",
+                                              stream_key(cfg.train.seed, r), main)
+        items = encode_pairs(processor, rows, max_seq_len=cfg.max_seq_len, think=cfg.think, bad=bad)
+        if len(items) < cfg.train.samples_per_step():
+            raise DataError(f"only {len(items)} usable pairs: fewer than one optimiser step of micro_batch_size "
+                            f"{cfg.train.micro_batch_size} x grad_accum {cfg.train.grad_accum}", source=cfg.data)
+        ref_seconds = 0.0
+        if cfg.reference == "precompute":  # the starting model's log-probs (its copy once training has begun)
+            ref_seconds = precompute_reference(ref_model or vlm.model, items, collate, accelerator,
+                                               cfg.train.micro_batch_size)
+        round_cfg = cfg.train if not cfg.regenerate_every else replace(
+            cfg.train, max_steps=min(every, total - r * every), out_dir=out / "rounds" / f"round-{r}")
+        restored = restore_delta(delta, round_cfg)
+        console.print(f"mpo: {len(items)} pairs ({len(bad.items)} bad, {dict(counts)} filtered), trainable "
+                      f"{params['trainable']:,} of {params['total']:,} ({cfg.train.policy}), reference "
+                      f"{cfg.reference}" + (f" ({ref_seconds:.1f} s)" if ref_seconds else "")
+                      + (f", BCO delta restored {delta.mean:.4g} (n={delta.count})" if restored else ""))
 
-    def on_step(state: Any, metrics: dict) -> None:
-        state.extra["bco_delta"] = delta.state_dict()
+        def on_step(state: Any, metrics: dict) -> None:
+            delta.commit()
+            state.extra["bco_delta"] = delta.state_dict()
 
-    result = train(vlm.model, items, mpo_objective(cfg, delta, ref_model), cfg.train, collate_fn=collate,
-                   export_fn=export_fn(vlm), extra={"bco_delta": delta.state_dict()}, on_step=on_step,
-                   accelerator=accelerator)
-    final = save_vlm(vlm, out / "final")
+        frozen = ref_model if cfg.reference == "frozen" else None
+        result = train(vlm.model, items, mpo_objective(cfg, delta, frozen), round_cfg, collate_fn=collate,
+                       export_fn=export_fn(vlm), extra={"bco_delta": delta.state_dict()}, on_step=on_step,
+                       accelerator=accelerator)
+        rounds.append({"round": r, "pairs": len(items), "generation": gen_stats, "steps": result.state.step,
+                       "last_metrics": result.last_metrics})
+    final = save_final(vlm, accelerator, out / "final")
     summary = {
         "stage": "mpo", "model": cfg.model, "final": str(final), "data": cfg.data, "source": cfg.source,
         "pairs": {"used": len(items), "filtered": dict(counts), "generation": gen_stats},
-        "bad_samples": bad.summary(), "params": params, "steps": result.state.step,
+        "bad_samples": bad.summary(), "params": params, "steps": sum(x["steps"] for x in rounds),
         "bco_delta": delta.state_dict(), "delta_restored": restored, "reference": cfg.reference,
         "reference_seconds": round(ref_seconds, 3), "last_metrics": result.last_metrics,
         "resumed_from": str(result.resumed_from) if result.resumed_from else None, "config": to_dict(cfg),
+        **({"rounds": rounds} if cfg.regenerate_every else {}),
     }
-    write_summary(out, summary)
+    if main:
+        write_summary(out, summary)
     lm = result.last_metrics
     print_table(console, f"mpo -> {final}", ["", "value"], [
         ("pairs", len(items)), ("steps", result.state.step), ("last loss", lm.get("mpo", math.nan)),

@@ -3,8 +3,8 @@
     r1v train pipeline --config configs/r1v.yaml scale=micro
     r1v train pipeline --config configs/r1v2.yaml scale=tiny out_dir=runs/r1v2_tiny
 
-Each step names a stage of `r1v.recipes.STAGES` (or the built-in `reasoning-llm`, text-only SFT of an
-LLM on `<think>` arithmetic), the stage's config as in its own YAML, and per-scale overrides (`micro`:
+Each step names a stage of `r1v.recipes.STAGES` (`reasoning-llm` among them: text-only SFT of an LLM on
+`<think>` arithmetic), the stage's config as in its own YAML, and per-scale overrides (`micro`:
 the same stages on the `smol`/`tiny` presets with tiny step counts; `tiny` adds overrides on top for
 tests). `inputs` hands checkpoints on: `{model: sft}` sets the step's `model` to the `final` folder of
 step `sft` (`{reasoning_llm: reason.final}` for any key of that step's summary; dotted keys such as
@@ -21,7 +21,6 @@ step configs may say `{data}` (the folder `prepare` writes rendered/text data in
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import time
 from dataclasses import dataclass, field, fields
@@ -33,12 +32,10 @@ from rich.console import Console
 from r1v.config import from_dict, to_dict
 from r1v.data.sources import atomic_write_text
 from r1v.errors import ConfigError
-from r1v.train import TrainConfig
 
 Scale = Literal["full", "micro", "quick", "tiny"]
 CASCADE = ("micro", "quick", "tiny")
 """Scale overrides apply in this order: scale `quick` applies `micro` then `quick`; `tiny` all three."""
-BUILTIN = ("reasoning-llm",)
 
 
 @dataclass
@@ -61,7 +58,7 @@ class Step:
     name: str = ""
     """Folder name under `out_dir` and the name later steps hand off from."""
     stage: str = "sft"
-    """A stage of `r1v.recipes.STAGES` or `reasoning-llm`."""
+    """A stage of `r1v.recipes.STAGES`."""
     config: dict[str, Any] = field(default_factory=dict)
     """The stage's config (the mapping its own YAML holds)."""
     micro: dict[str, Any] = field(default_factory=dict)
@@ -133,7 +130,8 @@ class PipelineConfig:
     """Reuse steps whose `summary.json` exists in `out_dir/<step>`."""
     prune_checkpoints: bool = False
     """Delete a step's resume checkpoints (weights + optimizer state, ~1.6 GB each for SmolLM2) once the step
-    has finished and exported its final model; a killed run still resumes the step it was in."""
+    has finished and exported its final model; a killed run still resumes the step it was in. A step whose
+    run folder a later step reads (`inputs: {select.checkpoints: grpo.run}`) keeps its checkpoints."""
     prepare: Prepare = field(default_factory=Prepare)
     eval: EvalSettings = field(default_factory=EvalSettings)
     micro: dict[str, Any] = field(default_factory=dict)
@@ -185,12 +183,8 @@ def scaled(cfg: PipelineConfig) -> PipelineConfig:
 
 
 def _stage_class(stage: str) -> type | None:
-    if stage == "reasoning-llm":
-        return ReasoningLLMConfig
-    from r1v.recipes import STAGES, stage_module
+    from r1v.recipes import stage_module
 
-    if stage not in STAGES:
-        raise ConfigError(f"unknown stage {stage!r}; known: {', '.join([*STAGES, *BUILTIN])}")
     return stage_module(stage).CONFIG
 
 
@@ -298,15 +292,11 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict:
         if cfg.resume and summary_path.exists():
             summary = read_step_summary(summary_path)
             console.print(f"{step.name}: reusing {summary_path}")
-        elif step.stage == "reasoning-llm":
-            summary = run_reasoning_llm(stage_cfg, console=console)
         else:
-            stage_run = stage_module(step.stage).run
-            takes_console = "console" in inspect.signature(stage_run).parameters
-            summary = stage_run(stage_cfg, console=console) if takes_console else stage_run(stage_cfg)
+            summary = stage_module(step.stage).run(stage_cfg, console=console)
         summaries[step.name] = summary
         seconds = time.perf_counter() - t0
-        if cfg.prune_checkpoints:
+        if cfg.prune_checkpoints and not any(src == f"{step.name}.run" for s in steps for src in s.inputs.values()):
             prune_checkpoints(out / step.name)
         for r in step.report:
             folder = _lookup(summary, r.model)
@@ -365,70 +355,3 @@ def prune_checkpoints(step_dir: Path) -> int:
     for p in found:
         shutil.rmtree(p, ignore_errors=True)
     return len(found)
-
-
-# ---------------------------------------------------------------------------------------------- reasoning LLM
-
-@dataclass
-class ReasoningLLMConfig:
-    """The built-in `reasoning-llm` step: make a "reasoning" variant of an LLM by text-only SFT on
-    `<think>` step-by-step data (R1V's f_l stands in for DeepSeek-R1-distill at micro scale)."""
-
-    llm: str = "tiny"
-    """A preset (tiny, smol) or an LLM folder."""
-    data: str = "text:64"
-    """A .jsonl of text-only samples ending with an assistant turn, or `text:N` (generated arithmetic)."""
-    template: str | None = None
-    """Chat template (default: the one `assemble` would pick for this LLM)."""
-    max_seq_len: int = 512
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, out_dir=Path("runs/reasoning_llm"),
-                                                                   policy="full"))
-    """`policy` is ignored: the whole LLM trains."""
-
-    def validate(self) -> None:
-        if self.max_seq_len < 8:
-            raise ConfigError(f"max_seq_len: must be >= 8, got {self.max_seq_len}")
-        self.train.validate()
-
-
-def run_reasoning_llm(cfg: ReasoningLLMConfig, console: Console | None = None) -> dict:
-    """Text-only SFT of the whole LLM; writes an LLM folder (`final/`) `swap_llm` accepts."""
-    from r1v.atomic import write_summary
-    from r1v.data.demo_tasks import text_rows
-    from r1v.data.schema import Row
-    from r1v.data.stage_data import BadSamples, encode_rows
-    from r1v.model.build import load_llm
-    from r1v.model.vlm import guess_template
-    from r1v.processing.processor import Processor
-    from r1v.processing.spec import ProcessingSpec
-    from r1v.train import sft_objective, train
-    from r1v.train.grouping import collate_groups, grouped_training_set
-
-    console = console or Console()
-    out = cfg.train.out_dir
-    llm, tok = load_llm(cfg.llm)
-    template = cfg.template or ("r1v3" if cfg.llm == "tiny" else guess_template(tok))
-    if cfg.data.startswith("text:"):
-        rows = text_rows(int(cfg.data.split(":")[1]), seed=cfg.train.seed)
-    else:
-        from r1v.data.stage_data import read_stage_data
-
-        rows = read_stage_data(cfg.data)
-    rows = [Row(r.sample, r.source, r.record) for r in rows]
-    processor = Processor(tok, ProcessingSpec(template=template))
-    bad = BadSamples("error")
-    encoded = encode_rows(processor, rows, max_seq_len=cfg.max_seq_len, bad=bad)
-    dataset, loop_cfg, stats = grouped_training_set(encoded, cfg.train)
-    for p in llm.parameters():
-        p.requires_grad_(True)
-    console.print(f"reasoning-llm: text-only SFT of {cfg.llm} on {len(encoded)} <think> samples ({template})")
-    result = train(llm, dataset, sft_objective(), loop_cfg, collate_fn=collate_groups(processor))
-    final = Path(out) / "final"
-    llm.eval()
-    llm.save_pretrained(final)
-    tok.save_pretrained(final)
-    summary = {"stage": "reasoning-llm", "llm": cfg.llm, "template": template, "final": str(final),
-               "samples": {"used": len(encoded), **stats}, "steps": result.state.step,
-               "last_metrics": result.last_metrics, "config": to_dict(cfg)}
-    write_summary(Path(out), summary)
-    return summary

@@ -22,30 +22,31 @@ over-long prompts) follows `on_bad_sample` through `r1v.data.stage_data` (as in 
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
+from r1v.atomic import write_summary
 from r1v.config import to_dict
 from r1v.data.schema import Message
-from r1v.data.sources import atomic_write_text, write_jsonl
-from r1v.data.stage_data import BadSamples, PromptStageConfig, check_prompts, read_prompts
-from r1v.errors import ConfigError, DataError
-from r1v.recipes.distill import (
-    EndpointTeacher,
+from r1v.data.sources import write_jsonl
+from r1v.data.stage_data import (
+    BadSamples,
     GenerationConfig,
+    PromptStageConfig,
     TeacherConfig,
-    assistant_turn,
-    build_engine,
-    generate_chunked,
+    check_prompts,
     prompt_only,
-    verified,
+    read_prompts,
 )
+from r1v.errors import ConfigError, DataError
+from r1v.eval.generate import assistant_turn, generate, verified
+from r1v.eval.teacher import teacher_engine
 from r1v.rewards.rules import repeat_ratio
 from r1v.rollout.engine import Completion, SamplingParams
 
@@ -72,7 +73,7 @@ class FilterConfig:
 
 
 @dataclass
-class Config(PromptStageConfig):
+class RejectionSampleConfig(PromptStageConfig):
     """Rejection sampling. The teacher section's kind/model/url/name/cache_dir choose the teacher; sampling
     settings come from `generation` (plus one `repetition_penalty` for all prompts)."""
 
@@ -92,7 +93,7 @@ class Config(PromptStageConfig):
         super().validate()
 
 
-CONFIG = Config  # the stage registry's name for the config class
+CONFIG = RejectionSampleConfig  # the stage registry's name for the config class
 
 
 def normalise_text(text: str) -> str:
@@ -132,34 +133,34 @@ def select(group: list[Completion], correct: list[bool], filters: FilterConfig, 
     return kept
 
 
-def run(cfg: Config, *, teacher: Any = None, log: Callable[[str], None] = print) -> dict:
-    """Rejection-sample a cold-start SFT set; returns (and writes) the summary. `teacher` may be injected."""
+def run(cfg: RejectionSampleConfig, console: Console | None = None) -> dict:
+    """Rejection-sample a cold-start SFT set from the teacher the config names; returns (and writes) the summary."""
+    gen = cfg.generation
+    return run_with(cfg, teacher_engine(cfg.teacher, temperature=gen.temperature, max_new_tokens=gen.max_new_tokens),
+                    console=console)
+
+
+def run_with(cfg: RejectionSampleConfig, teacher: Any, console: Console | None = None) -> dict:
+    """Rejection sampling with a ready-made `teacher` engine."""
+    console = console or Console()
     t0 = time.time()
-    bad = BadSamples(cfg.on_bad_sample, log)
-    prompts = read_prompts(cfg, bad)
-    if teacher is None:
-        tc = cfg.teacher
-        teacher = build_engine(tc.model)[1] if tc.kind == "model" else EndpointTeacher(
-            tc.url or "", tc.name or "", cache_dir=tc.cache_dir, temperature=cfg.generation.temperature,
-            max_new_tokens=cfg.generation.max_new_tokens)
-    prompts = check_prompts(prompts, bad, max_prompt_tokens=cfg.max_prompt_tokens,
+    bad = BadSamples(cfg.on_bad_sample, lambda m: console.print(m, markup=False, highlight=False))
+    prompts = check_prompts(read_prompts(cfg, bad), bad, max_prompt_tokens=cfg.max_prompt_tokens,
                             tokenizer=getattr(teacher, "tokenizer", None))
     if not prompts:
         raise DataError("no usable samples left to sample from", source=cfg.data)
     samples = [prompt_only(p.sample) for p in prompts]
     gen = cfg.generation
-    groups = generate_chunked(teacher, samples, [cfg.repetition_penalty] * len(samples), gen.batch_size,
-                              lambda rp, i: SamplingParams(
-                                  max_new_tokens=gen.max_new_tokens, max_think_tokens=gen.max_think_tokens,
-                                  temperature=gen.temperature, top_p=gen.top_p, repetition_penalty=rp,
-                                  n=cfg.samples_per_prompt, seed=cfg.seed + i))
+    groups = generate(teacher, samples, lambda lo, hi: SamplingParams(
+        max_new_tokens=gen.max_new_tokens, max_think_tokens=gen.max_think_tokens, temperature=gen.temperature,
+        top_p=gen.top_p, repetition_penalty=[float(cfg.repetition_penalty)] * (hi - lo), n=cfg.samples_per_prompt,
+        seed=cfg.seed), batch_size=gen.batch_size, progress=f"teacher: {cfg.samples_per_prompt} answers per prompt")
     flat_ok = iter(verified([s for s, g in zip(samples, groups, strict=True) for _ in g],
                             [c for g in groups for c in g]))
     counts: Counter[str] = Counter()
     rows, per_prompt = [], []
     for p, s, g in zip(prompts, samples, groups, strict=True):
-        ok = [next(flat_ok) for _ in g]
-        chosen = select(g, ok, cfg.filters, cfg.keep_per_prompt, counts)
+        chosen = select(g, [next(flat_ok) for _ in g], cfg.filters, cfg.keep_per_prompt, counts)
         per_prompt.append(len(chosen))
         for j, c in enumerate(chosen):
             meta = dict(s.meta)
@@ -178,7 +179,7 @@ def run(cfg: Config, *, teacher: Any = None, log: Callable[[str], None] = print)
         "bad_samples": bad.summary(), "files": {"data": str(cfg.out / "data.jsonl")},
         "seconds": round(time.time() - t0, 3), "config": to_dict(cfg),
     }
-    atomic_write_text(cfg.out / "summary.json", json.dumps(summary, indent=2, default=str))
-    log(f"rejection-sample: {len(rows)} of {generated} completions kept from {len(prompts)} prompts; "
-        f"skipped {bad.summary()['skipped']} bad samples -> {cfg.out / 'data.jsonl'}")
+    write_summary(cfg.out, summary)
+    console.print(f"rejection-sample: {len(rows)} of {generated} completions kept from {len(prompts)} prompts; "
+                  f"skipped {bad.summary()['skipped']} bad samples -> {cfg.out / 'data.jsonl'}")
     return summary

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from r1v.errors import ConfigError, R1VError
@@ -114,3 +115,18 @@ def combine(specs_with_weights: Iterable[SpecItem] | Mapping[str, float]) -> Rew
         return out
 
     return combined
+
+
+@dataclass
+class RewardItem:
+    """One reward term of a stage's config: a built-in name (accuracy, format, length, repetition, hybrid,
+    r1v) or a `path/file.py:function` plug-in, its weight and keyword parameters."""
+
+    name: str = "accuracy"
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def combine_items(items: Sequence[RewardItem]) -> RewardFn:
+    """`combine` over config reward terms."""
+    return combine([(r.name, r.weight, dict(r.params)) for r in items])

@@ -35,7 +35,9 @@ from torch import nn
 
 from r1v.data.schema import Message, Sample
 from r1v.errors import DataError, ModelError
+from r1v.plugins import load_callable
 from r1v.processing.processor import IGNORE_INDEX
+from r1v.rewards.rules import Scorer, columns_of
 
 HEAD_FILE = "reward_head.safetensors"
 META_FILE = "reward_model.json"
@@ -230,3 +232,15 @@ def score_completion(completion: str, columns: dict[str, Any]) -> float:
         raise ModelError("set R1V_REWARD_MODEL to a reward model folder (from `r1v train rm`) to use "
                          "r1v.rewards.reward_model:score_completion")
     return _cached(path)(completion, columns)
+
+
+def reward_model_scorer(spec: str | None, *, device: Any = "cpu", batch_size: int = 8) -> Scorer | None:
+    """r_RM as a batched `Scorer`: a reward-model folder (`r1v train rm`) loaded on `device` and run in
+    batches of `batch_size` with the images and system prompt, or a plug-in (`path/file.py:function` /
+    `module:function`, `fn(completion, columns) -> float`) called per completion; None for no spec."""
+    if spec is None:
+        return None
+    if Path(spec).is_dir():
+        return RewardModel.load(spec, device=str(device), batch_size=batch_size).score
+    fn = load_callable(spec, "reward model")
+    return lambda samples, texts: [float(fn(t, columns_of(s))) for s, t in zip(samples, texts, strict=True)]

@@ -16,7 +16,7 @@ Rewards never see the prompt tokens; they judge the completion text plus these c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from r1v.data.schema import Sample
@@ -34,6 +34,8 @@ from r1v.rewards.verify import VerifyPool, shared_pool, verify_answer
 
 Parts = dict[str, float]
 RewardFn = Callable[[str, dict[str, Any]], Parts]
+Scorer = Callable[[Sequence[Sample], Sequence[str]], list[float]]
+"""A batched reward term: (prompt samples, completion texts) -> one score per completion (e.g. r_RM)."""
 
 
 def columns_of(sample: Sample) -> dict[str, Any]:

@@ -340,6 +340,10 @@ class VerifyPool:
         self._workers[self._workers.index(w)] = _Worker(self._ctx, self.memory_limit_mb)
         self.restarts += 1
 
+    def worker_pids(self) -> list[int]:
+        """The process ids of the running workers (benchmarks measure their CPU time)."""
+        return [w.proc.pid for w in self._workers]
+
     def clear_caches(self) -> None:
         """Empty sympy's expression cache in every worker (benchmarks use it to time cold rounds)."""
         with self._lock:

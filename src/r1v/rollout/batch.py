@@ -3,7 +3,8 @@
 A `RolloutItem` names its prompt by index into the stage's prompt list, not by the `Sample` itself, so the
 items that cross processes (`r1v.distributed.gather`) or sit in the Selective Sample Buffer's checkpoint stay
 small: a few ints and floats per token. `training_batch` turns items and their prompts into left-padded
-prompts followed by right-padded completions, with what the clipped surrogate needs.
+prompts followed by right-padded completions, with what the clipped surrogate needs; `set_old_logps` gives
+fresh rows the old policy's log-probs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+from r1v import distributed as dist
 from r1v.data.schema import Sample
 
 
@@ -59,3 +61,29 @@ def training_batch(processor: Any, samples: Sequence[Sample], items: Sequence[Ro
         "sequence_mask": torch.tensor([not (mask_truncated and it.truncated) for it in items]),
         "ref_logp": None, "prompt_len": int(enc["input_ids"].shape[1]),
     }
+
+
+def micro_batches(processor: Any, prompts: Sequence[Sample], items: Sequence[RolloutItem],
+                  advantages: Sequence[float], rows: Sequence[int], size: int, **kw: Any) -> list[dict]:
+    """`training_batch`es of `size` rows each over `items[rows]` in order (`prompts[item.prompt]` is each
+    row's prompt; `kw`: `think`, `pad_id`, `mask_truncated`)."""
+    chunks = [rows[s:s + size] for s in range(0, len(rows), size)]
+    return [training_batch(processor, [prompts[items[i].prompt] for i in c], [items[i] for i in c],
+                           [advantages[i] for i in c], **kw) for c in chunks]
+
+
+def set_old_logps(micro: Sequence[dict], logps: Sequence[torch.Tensor], items: Sequence[RolloutItem],
+                  rows: Sequence[int]) -> None:
+    """Give every row without `old_logp` its log-probs `logps[b]` `[N, C]` (the policy's before the batch's
+    first update): in the micro-batches `micro` (built from `items[rows[k]]`, in order) and in `items` on
+    every process (gathered), so the buffer keeps them for later draws."""
+    fresh, row = [], iter(rows)
+    for batch, lp in zip(micro, logps, strict=True):
+        for r in range(lp.shape[0]):
+            i = next(row)
+            if not batch["has_old"][r]:
+                batch["old_logp"][r] = lp[r]
+                fresh.append((i, lp[r, :len(items[i].completion_ids)]))
+        batch["has_old"] = torch.ones_like(batch["has_old"])
+    for i, lp in dist.gather(fresh):
+        items[i].old_logp = lp

@@ -143,12 +143,21 @@ class StopFilter:
         return out
 
 
+@dataclass
+class Server:
+    """What the request handlers share: the settings, the batcher in front of the engine, its tokenizer."""
+
+    settings: ServeSettings
+    batcher: Batcher
+    tokenizer: Any = None
+
+
 def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI app serving `engine` (a `TransformersEngine` or anything with its `generate`)."""
     settings = settings or ServeSettings()
     batcher = Batcher(engine, max_batch_rows=settings.max_batch_rows, max_queue=settings.max_queue,
                       batch_wait_s=settings.batch_wait_s)
-    tokenizer = getattr(engine, "tokenizer", None)
+    srv = Server(settings, batcher, getattr(engine, "tokenizer", None))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -163,6 +172,13 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+    add_error_handlers(app)
+    add_routes(app, srv)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as an OpenAI-format JSON body (tracebacks stay in the server log)."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -178,36 +194,10 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         log.exception("unhandled error")
         return _error(ApiError(500, f"internal server error ({type(exc).__name__})", type="server_error"))
 
-    def check_key(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        token = given[7:].strip() if given[:7].lower() == "bearer " else ""
-        if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-            raise ApiError(401, "invalid or missing API key (send Authorization: Bearer KEY)",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
-    async def read_body(request: Request) -> ChatRequest:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            raise ApiError(413, f"request body over {settings.max_body_bytes} bytes", code="body_too_large")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_body_bytes:
-                raise ApiError(413, f"request body over {settings.max_body_bytes} bytes", code="body_too_large")
-            chunks.append(chunk)
-        try:
-            data = json.loads(b"".join(chunks))
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "request body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise ApiError(400, "request body must be a JSON object")
-        try:
-            return ChatRequest.model_validate(data)
-        except ValidationError as exc:
-            msg, param = validation_message(exc.errors(include_url=False, include_input=False))
-            raise ApiError(400, msg, param=param) from None
+def add_routes(app: FastAPI, srv: Server) -> None:
+    """`/health`, `/v1/models`, `/v1/chat/completions` and the chat page."""
+    settings, batcher = srv.settings, srv.batcher
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -216,135 +206,13 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
-        check_key(request)
+        check_key(request, settings)
         return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
                                             "owned_by": "r1v"}]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        check_key(request)
-        req = await read_body(request)
-        if req.model is not None and req.model != settings.model_name:
-            raise ApiError(404, f"model {req.model!r} does not exist (this server has {settings.model_name!r})",
-                           param="model", code="model_not_found")
-        sample = build_sample(req, settings)
-        deadline = time.monotonic() + settings.request_timeout_s
-        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        stops, think = list(req.stop or []), req.thinking()
-        if req.stream and req.n == 1:
-            return await _stream_one(request, req, sample, rid, created, deadline)
-        job = Job(sample, sampling_params(req, settings, req.n), repetition_penalty=req.repetition_penalty,
-                  deadline=deadline)
-        fut = batcher.submit(job)
-        try:
-            completions = await _wait(request, fut, deadline)
-        finally:
-            if not fut.done():
-                job.cancel()
-        choices = [finish(c, max_tokens=job.params.max_new_tokens, stop=stops, think=think, tokenizer=tokenizer)
-                   for c in completions]
-        usage = {"prompt_tokens": completions[0].prompt_tokens,
-                 "completion_tokens": sum(c.completion_tokens for c in choices)}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        if req.stream:  # n > 1: generated together, sent as one chunk per choice
-            return StreamingResponse(_replay(rid, created, choices, usage, req), media_type="text/event-stream")
-        return JSONResponse({
-            "id": rid, "object": "chat.completion", "created": created, "model": settings.model_name,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": ch.content,
-                                                 "reasoning_content": ch.reasoning},
-                         "logprobs": None, "finish_reason": ch.finish_reason} for i, ch in enumerate(choices)],
-            "usage": usage})
-
-    async def _wait(request: Request, fut: asyncio.Future, deadline: float) -> Any:
-        """The job's result; 504 past the deadline; cancelled when the client disconnects."""
-        while not fut.done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ApiError(504, f"request timed out after {settings.request_timeout_s:g} s", type="timeout")
-            await asyncio.wait({fut}, timeout=min(settings.disconnect_poll_s, left))
-            if not fut.done() and await request.is_disconnected():
-                raise ApiError(499, "client disconnected")
-        try:
-            return fut.result()
-        except Cancelled:
-            raise ApiError(504, "request timed out or was cancelled", type="timeout") from None
-
-    def _chunk(rid: str, created: int, delta: dict, finish_reason: str | None = None, index: int = 0,
-               usage: dict | None = None) -> str:
-        body: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created,
-                                "model": settings.model_name,
-                                "choices": [] if usage else [{"index": index, "delta": delta, "logprobs": None,
-                                                              "finish_reason": finish_reason}]}
-        if usage:
-            body["usage"] = usage
-        return f"data: {json.dumps(body)}\n\n"
-
-    async def _replay(rid: str, created: int, choices: list, usage: dict, req: ChatRequest) -> AsyncIterator[str]:
-        for i, ch in enumerate(choices):
-            yield _chunk(rid, created, {"role": "assistant", "content": ""}, index=i)
-            if ch.reasoning:
-                yield _chunk(rid, created, {"reasoning_content": ch.reasoning}, index=i)
-            if ch.content:
-                yield _chunk(rid, created, {"content": ch.content}, index=i)
-            yield _chunk(rid, created, {}, ch.finish_reason, index=i)
-        if req.stream_options is not None and req.stream_options.include_usage:
-            yield _chunk(rid, created, {}, usage=usage)
-        yield "data: [DONE]\n\n"
-
-    async def _stream_one(request: Request, req: ChatRequest, sample: Sample, rid: str, created: int,
-                          deadline: float) -> Response:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-
-        def on_text(kind: str, delta: str) -> None:  # worker thread
-            loop.call_soon_threadsafe(events.put_nowait, (kind, delta))
-
-        params = sampling_params(req, settings, 1)
-        job = Job(sample, params, repetition_penalty=req.repetition_penalty, on_text=on_text, deadline=deadline)
-        fut = batcher.submit(job)  # 503 here is still a plain HTTP answer
-        fut.add_done_callback(lambda _: events.put_nowait(("done", "")))
-        filters = {"think": StopFilter(params.stop), "answer": StopFilter(params.stop)}
-        field_of = {"think": "reasoning_content", "answer": "content"}
-
-        async def events_out() -> AsyncIterator[str]:
-            try:
-                yield _chunk(rid, created, {"role": "assistant", "content": ""})
-                while True:
-                    left = deadline - time.monotonic()
-                    try:
-                        kind, delta = await asyncio.wait_for(events.get(), timeout=max(left, 0.01))
-                    except TimeoutError:
-                        job.cancel()
-                        raise ApiError(504, "request timed out", type="timeout") from None
-                    if kind == "done":
-                        break
-                    text = filters[kind].feed(delta)
-                    if text:
-                        yield _chunk(rid, created, {field_of[kind]: text})
-                try:
-                    [completion] = fut.result()
-                except Cancelled:
-                    raise ApiError(504, "request timed out or was cancelled", type="timeout") from None
-                for kind, flt in filters.items():
-                    rest = flt.flush()
-                    if rest:
-                        yield _chunk(rid, created, {field_of[kind]: rest})
-                ch = finish(completion, max_tokens=params.max_new_tokens, stop=params.stop, think=params.think,
-                            tokenizer=tokenizer)
-                yield _chunk(rid, created, {}, ch.finish_reason)
-                if req.stream_options is not None and req.stream_options.include_usage:
-                    yield _chunk(rid, created, {}, usage={
-                        "prompt_tokens": completion.prompt_tokens, "completion_tokens": ch.completion_tokens,
-                        "total_tokens": completion.prompt_tokens + ch.completion_tokens})
-                yield "data: [DONE]\n\n"
-            except ApiError as exc:
-                yield f"data: {json.dumps(exc.body())}\n\n"
-                yield "data: [DONE]\n\n"
-            finally:  # also runs when the client disconnects (the generator is closed/cancelled)
-                job.cancel()
-
-        return StreamingResponse(events_out(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await chat(request, srv)
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
@@ -354,4 +222,186 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     async def page_js() -> Response:
         return FileResponse(WEB_DIR / "app.js", media_type="text/javascript")
 
-    return app
+
+# ---------------------------------------------------------------------------------------------- requests
+
+def check_key(request: Request, settings: ServeSettings) -> None:
+    """401 unless the request carries the server's API key (constant-time compare); open without a key."""
+    if settings.api_key is None:
+        return
+    given = request.headers.get("authorization", "")
+    token = given[7:].strip() if given[:7].lower() == "bearer " else ""
+    if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+        raise ApiError(401, "invalid or missing API key (send Authorization: Bearer KEY)",
+                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def read_body(request: Request, settings: ServeSettings) -> ChatRequest:
+    """The request body as a validated `ChatRequest` (413 over `max_body_bytes`, 400 when malformed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
+        raise ApiError(413, f"request body over {settings.max_body_bytes} bytes", code="body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > settings.max_body_bytes:
+            raise ApiError(413, f"request body over {settings.max_body_bytes} bytes", code="body_too_large")
+        chunks.append(chunk)
+    try:
+        data = json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        msg, param = validation_message(exc.errors(include_url=False, include_input=False))
+        raise ApiError(400, msg, param=param) from None
+
+
+async def chat(request: Request, srv: Server) -> Response:
+    """`POST /v1/chat/completions`: one streamed choice as it is generated, else all choices at once."""
+    settings = srv.settings
+    check_key(request, settings)
+    req = await read_body(request, settings)
+    if req.model is not None and req.model != settings.model_name:
+        raise ApiError(404, f"model {req.model!r} does not exist (this server has {settings.model_name!r})",
+                       param="model", code="model_not_found")
+    sample = build_sample(req, settings)
+    reply = Reply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), settings.model_name)
+    deadline = time.monotonic() + settings.request_timeout_s
+    if req.stream and req.n == 1:
+        return stream_one(srv, req, sample, reply, deadline)
+    job = Job(sample, sampling_params(req, settings, req.n), repetition_penalty=req.repetition_penalty,
+              deadline=deadline)
+    fut = srv.batcher.submit(job)
+    try:
+        completions = await wait(request, fut, deadline, settings)
+    finally:
+        if not fut.done():
+            job.cancel()
+    stops, think = list(req.stop or []), req.thinking()
+    choices = [finish(c, max_tokens=job.params.max_new_tokens, stop=stops, think=think, tokenizer=srv.tokenizer)
+               for c in completions]
+    usage = {"prompt_tokens": completions[0].prompt_tokens,
+             "completion_tokens": sum(c.completion_tokens for c in choices)}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    if req.stream:  # n > 1: generated together, sent as one chunk per choice
+        return StreamingResponse(reply.replay(choices, usage, req), media_type="text/event-stream")
+    return JSONResponse({
+        "id": reply.rid, "object": "chat.completion", "created": reply.created, "model": settings.model_name,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": ch.content,
+                                             "reasoning_content": ch.reasoning},
+                     "logprobs": None, "finish_reason": ch.finish_reason} for i, ch in enumerate(choices)],
+        "usage": usage})
+
+
+async def wait(request: Request, fut: asyncio.Future, deadline: float, settings: ServeSettings) -> Any:
+    """The job's result; 504 past the deadline; cancelled when the client disconnects."""
+    while not fut.done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ApiError(504, f"request timed out after {settings.request_timeout_s:g} s", type="timeout")
+        await asyncio.wait({fut}, timeout=min(settings.disconnect_poll_s, left))
+        if not fut.done() and await request.is_disconnected():
+            raise ApiError(499, "client disconnected")
+    try:
+        return fut.result()
+    except Cancelled:
+        raise ApiError(504, "request timed out or was cancelled", type="timeout") from None
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+
+@dataclass
+class Reply:
+    """One reply's id, creation time and model name; `chunk` writes its server-sent events."""
+
+    rid: str
+    created: int
+    model: str
+
+    def chunk(self, delta: dict, finish_reason: str | None = None, index: int = 0, usage: dict | None = None) -> str:
+        body: dict[str, Any] = {"id": self.rid, "object": "chat.completion.chunk", "created": self.created,
+                                "model": self.model,
+                                "choices": [] if usage else [{"index": index, "delta": delta, "logprobs": None,
+                                                              "finish_reason": finish_reason}]}
+        if usage:
+            body["usage"] = usage
+        return f"data: {json.dumps(body)}\n\n"
+
+    async def replay(self, choices: list, usage: dict, req: ChatRequest) -> AsyncIterator[str]:
+        """Finished choices as a stream: one chunk per part of each choice, then usage and [DONE]."""
+        for i, ch in enumerate(choices):
+            yield self.chunk({"role": "assistant", "content": ""}, index=i)
+            if ch.reasoning:
+                yield self.chunk({"reasoning_content": ch.reasoning}, index=i)
+            if ch.content:
+                yield self.chunk({"content": ch.content}, index=i)
+            yield self.chunk({}, ch.finish_reason, index=i)
+        if req.stream_options is not None and req.stream_options.include_usage:
+            yield self.chunk({}, usage=usage)
+        yield "data: [DONE]\n\n"
+
+
+FIELD_OF = {"think": "reasoning_content", "answer": "content"}
+
+
+def stream_one(srv: Server, req: ChatRequest, sample: Sample, reply: Reply, deadline: float) -> Response:
+    """One choice streamed as it is generated (thinking, then the answer; stop strings held back)."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+
+    def on_text(kind: str, delta: str) -> None:  # worker thread
+        loop.call_soon_threadsafe(events.put_nowait, (kind, delta))
+
+    params = sampling_params(req, srv.settings, 1)
+    job = Job(sample, params, repetition_penalty=req.repetition_penalty, on_text=on_text, deadline=deadline)
+    fut = srv.batcher.submit(job)  # 503 here is still a plain HTTP answer
+    fut.add_done_callback(lambda _: events.put_nowait(("done", "")))
+    return StreamingResponse(stream_events(srv, req, reply, job, fut, events, deadline),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def stream_events(srv: Server, req: ChatRequest, reply: Reply, job: Job, fut: asyncio.Future,
+                        events: asyncio.Queue, deadline: float) -> AsyncIterator[str]:
+    """The server-sent events of `stream_one`: deltas as they come, the finish reason, usage, [DONE]."""
+    params = job.params
+    filters = {"think": StopFilter(params.stop), "answer": StopFilter(params.stop)}
+    try:
+        yield reply.chunk({"role": "assistant", "content": ""})
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                kind, delta = await asyncio.wait_for(events.get(), timeout=max(left, 0.01))
+            except TimeoutError:
+                job.cancel()
+                raise ApiError(504, "request timed out", type="timeout") from None
+            if kind == "done":
+                break
+            text = filters[kind].feed(delta)
+            if text:
+                yield reply.chunk({FIELD_OF[kind]: text})
+        try:
+            [completion] = fut.result()
+        except Cancelled:
+            raise ApiError(504, "request timed out or was cancelled", type="timeout") from None
+        for kind, flt in filters.items():
+            rest = flt.flush()
+            if rest:
+                yield reply.chunk({FIELD_OF[kind]: rest})
+        ch = finish(completion, max_tokens=params.max_new_tokens, stop=params.stop, think=params.think,
+                    tokenizer=srv.tokenizer)
+        yield reply.chunk({}, ch.finish_reason)
+        if req.stream_options is not None and req.stream_options.include_usage:
+            yield reply.chunk({}, usage={
+                "prompt_tokens": completion.prompt_tokens, "completion_tokens": ch.completion_tokens,
+                "total_tokens": completion.prompt_tokens + ch.completion_tokens})
+        yield "data: [DONE]\n\n"
+    except ApiError as exc:
+        yield f"data: {json.dumps(exc.body())}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:  # also runs when the client disconnects (the generator is closed/cancelled)
+        job.cancel()

@@ -41,13 +41,10 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "position_ids", "
 
 @dataclass
 class LossOutput:
-    """A micro-batch's loss as a sum over its units, plus named metric sums (divided by units when logged)
-    and, optionally, `outputs`: detached per-row values the caller asked `train_step` to hand back (GRPO's
-    log-probs of the first update, which are the old policy's)."""
+    """A micro-batch's loss as a sum over its units, plus named metric sums (divided by units when logged)."""
 
     total: torch.Tensor
     metrics: dict[str, torch.Tensor | float] = field(default_factory=dict)
-    outputs: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -190,14 +187,12 @@ def _reduce_sum(accelerator: Any, value: float | torch.Tensor) -> float:
 
 
 def train_step(accelerator: Any, model: nn.Module, optimizer: Any, scheduler: Any, micro_batches: Sequence[dict],
-               objective: Objective, cfg: TrainConfig, outputs: list[dict[str, Any]] | None = None
-               ) -> dict[str, float]:
+               objective: Objective, cfg: TrainConfig) -> dict[str, float]:
     """One optimiser step over this process's `grad_accum` micro-batches; returns step metrics.
 
     Gradient = sum of unit losses over the global batch / global unit count. accelerate divides each
     backward by `grad_accum` and DDP/FSDP average over processes, so each micro-batch sum is scaled by
-    world * grad_accum / units_global to undo both. With `outputs`, each micro-batch's `LossOutput.outputs`
-    is appended to it (in micro-batch order; every forward ran before the optimiser step).
+    world * grad_accum / units_global to undo both.
     """
     if len(micro_batches) != cfg.grad_accum:
         raise ConfigError(f"train_step got {len(micro_batches)} micro-batches; grad_accum is {cfg.grad_accum}")
@@ -211,8 +206,6 @@ def train_step(accelerator: Any, model: nn.Module, optimizer: Any, scheduler: An
             out = objective.loss(model, _to_device(batch, accelerator.device))
             accelerator.backward(out.total * scale)
         loss_sum += out.total.detach().double()
-        if outputs is not None:
-            outputs.append(out.outputs or {})
         for key, value in out.metrics.items():
             metric_sums[key] = metric_sums.get(key, 0.0) + float(value)
     if not accelerator.sync_gradients:
@@ -249,8 +242,9 @@ def step_indices(order: Sequence[int], step_in_epoch: int, cfg: TrainConfig, ran
 
 @dataclass
 class PreparedRun:
-    """A run ready to step: the accelerator, the (wrapped or sharded) model, optimiser, scheduler, and the
-    state it starts from (resumed from `resumed` when that is not None)."""
+    """A run ready to step: the accelerator, the (wrapped or sharded) model, optimiser, scheduler, the
+    state it starts from (resumed from `resumed` when that is not None), its metrics logger and progress bar
+    (both live on the main process only)."""
 
     accelerator: Any
     model: nn.Module
@@ -258,13 +252,16 @@ class PreparedRun:
     scheduler: Any
     state: TrainState
     resumed: Path | None
+    logger: MetricsLogger
+    progress: Progress
 
 
 def prepare_run(model: nn.Module, cfg: TrainConfig, total: int, *, accelerator: Any = None,
-                extra: dict | None = None) -> PreparedRun:
+                extra: dict | None = None, run_config: dict | None = None, description: str = "train") -> PreparedRun:
     """The set-up every training loop shares (`train`, GRPO): seed, accelerator, gradient checkpointing,
-    FSDP2 sharding (`cfg.fsdp`), optimiser and schedule for `total` steps, `accelerator.prepare`, and the
-    latest checkpoint's state when `cfg.resume`."""
+    FSDP2 sharding (`cfg.fsdp`), optimiser and schedule for `total` steps, `accelerator.prepare`, the
+    latest checkpoint's state when `cfg.resume`, and the metrics logger (`run_config`: the stage's config,
+    default `cfg`) and progress bar."""
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
@@ -286,7 +283,11 @@ def prepare_run(model: nn.Module, cfg: TrainConfig, total: int, *, accelerator: 
     resumed = latest_checkpoint(cfg.out_dir) if cfg.resume else None
     if resumed is not None:
         state = load_checkpoint(resumed, model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator)
-    return PreparedRun(accelerator, model, optimizer, scheduler, state, resumed)
+    main = accelerator.is_main_process
+    logger = MetricsLogger(cfg.out_dir, cfg.report_to, enabled=main, resume_step=state.step if resumed else None,
+                           run_config=run_config if run_config is not None else to_dict(cfg))
+    progress = Progress(total, start=state.step, enabled=main and cfg.progress, description=description)
+    return PreparedRun(accelerator, model, optimizer, scheduler, state, resumed, logger, progress)
 
 
 @dataclass
@@ -322,10 +323,7 @@ def train(model: nn.Module, dataset: Sequence[Any], objective: Objective, cfg: T
     run = prepare_run(model, cfg, total, accelerator=accelerator, extra=extra)
     accelerator, model, optimizer, scheduler = run.accelerator, run.model, run.optimizer, run.scheduler
     state, resumed, rank = run.state, run.resumed, accelerator.process_index
-    main = accelerator.is_main_process
-    logger = MetricsLogger(cfg.out_dir, cfg.report_to, enabled=main, resume_step=state.step if resumed else None,
-                           run_config=to_dict(cfg))
-    progress = Progress(total, start=state.step, enabled=main and cfg.progress)
+    main, logger, progress = accelerator.is_main_process, run.logger, run.progress
     checkpoint = resumed
     metrics: dict[str, float] = {}
     model.train()

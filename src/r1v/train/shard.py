@@ -19,12 +19,16 @@ every forward with a zero term (exact zeros, no change to any value).
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from r1v.errors import ConfigError
+from r1v.train.state import full_state_dict, is_sharded, unsharded_copy
 
 
 def block_classes(model: nn.Module) -> set[str]:
@@ -111,3 +115,51 @@ def copy_trainable(source: nn.Module, target: nn.Module) -> int:
     for name, value in moved:
         params[name].copy_(value.to(params[name].device, params[name].dtype))
     return len(moved)
+
+
+def launch_shards(accelerator: Any) -> bool:
+    """Whether the accelerate launch config shards the model itself (FSDP or DeepSpeed)."""
+    return str(accelerator.distributed_type).endswith(("FSDP", "DEEPSPEED"))
+
+
+def frozen_reference(model: nn.Module, accelerator: Any = None) -> nn.Module:
+    """A frozen copy of the starting policy for a KL / preference term (its own tensors, no gradients, eval
+    mode); made before training starts or loads a checkpoint. Under DeepSpeed it stops first: a frozen model
+    needs a ZeRO-3 engine of its own, which r1v does not build."""
+    if accelerator is not None and str(accelerator.distributed_type).endswith("DEEPSPEED"):
+        raise ConfigError("a frozen reference model under DeepSpeed needs a ZeRO-3 engine of its own, which r1v "
+                          "does not build; launch with configs/accelerate/fsdp2.yaml (or set beta: 0)")
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def place_reference(ref: nn.Module, accelerator: Any, fsdp: bool) -> nn.Module:
+    """Lay the frozen reference out like the policy, after the policy is prepared: sharded with `fully_shard`
+    (`train.fsdp` on N processes), prepared by accelerate's FSDP launch, or moved to the device."""
+    if fsdp and accelerator.num_processes > 1:
+        return shard_model(ref, accelerator)
+    if launch_shards(accelerator):
+        return accelerator.prepare_model(ref, evaluation_mode=True)
+    return ref.to(accelerator.device)
+
+
+def plain_module(model: nn.Module, accelerator: Any) -> nn.Module:
+    """The trained model as a plain module for export: unwrapped, or under FSDP2 an unsharded copy of the
+    gathered weights on the main process (the sharded module elsewhere). Every process must call it."""
+    bare = accelerator.unwrap_model(model)
+    if not is_sharded(bare):
+        return bare
+    full = full_state_dict(model, accelerator)  # every process takes part; the main process holds it
+    return unsharded_copy(bare, full) if accelerator.is_main_process else bare
+
+
+def save_final(vlm: Any, accelerator: Any, folder: Path) -> Path:
+    """Write the trained `vlm` as a model folder (`r1v.model.trainable.save_vlm`, LoRA merged) from the main
+    process, gathered when sharded; every process must call it. Returns `folder`."""
+    from r1v import distributed as dist
+    from r1v.model.trainable import save_vlm
+
+    model = plain_module(vlm.model, accelerator)
+    if accelerator.is_main_process:
+        save_vlm(replace(vlm, model=model), folder)
+    dist.barrier()
+    return Path(folder)

@@ -162,21 +162,6 @@ def drop_duplicates(records: list[Record]) -> tuple[list[Record], list[Problem]]
     return kept, problems
 
 
-def require_str(record: Record, name: str, problems: list[Problem], *, allow_missing: bool = False) -> str | None:
-    """The string field `name`, or None after recording a problem (missing or wrong type)."""
-    if name not in record.data or record.data[name] is None:
-        if not allow_missing:
-            problems.append(Problem("missing_field", f"no {name!r} field", id=record.id, source=record.source,
-                                    line=record.line))
-        return None
-    value = record.data[name]
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        problems.append(Problem("wrong_type", f"field {name!r} has type {type(value).__name__}, expected a string",
-                                id=record.id, source=record.source, line=record.line))
-        return None
-    return str(value)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Results and the report
 

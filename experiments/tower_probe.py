@@ -1,6 +1,6 @@
 """How much of the demo's rendered tasks the small vision tower can see: linear probes on its features.
 
-    python benchmarks/tower_probe.py [--tower DIR] [--threads 2] [--json runs/bench/tower_probe.json]
+    python experiments/tower_probe.py [--tower DIR] [--threads 2] [--json runs/bench/tower_probe.json]
 
 The demo (issue #6) only learns what the tower's features carry. This probe freezes the tower (default:
 the cached `smol` tower, `r1v.assets.vision_tower_dir()`), pools the last layer's patch tokens as the
@@ -59,7 +59,7 @@ def main() -> int:
     from transformers import InternVLVisionModel
 
     from r1v.assets import vision_tower_dir
-    from r1v.assets.vision import _image_size
+    from r1v.assets.vision import image_size_of
     from r1v.data.synthetic import COLOURS, SHAPES, generate_tasks
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -75,7 +75,7 @@ def main() -> int:
     if folder is None:
         raise SystemExit("no cached smol tower: run `r1v assets` or `r1v demo` first, or pass --tower DIR")
     tower = InternVLVisionModel.from_pretrained(folder).eval()
-    size = _image_size(tower.config.to_dict())
+    size = image_size_of(tower.config.to_dict())
     started = time.perf_counter()
     kw = {"image_size": 112, "families": PROBED_FAMILIES, "unanswerable_ratio": 0.0}
     train = generate_tasks(args.train, seed=7, split="train", **kw)
@@ -115,7 +115,7 @@ def main() -> int:
             "name": "tower_probe", "unit": "held-out linear-probe accuracy", "results": results,
             "details": {"tower": str(folder), "tile_size": size, "train_images": len(train), "test_images": len(test),
                         "seconds": round(time.perf_counter() - started, 1),
-                        "command": "python benchmarks/tower_probe.py " + " ".join(
+                        "command": "python experiments/tower_probe.py " + " ".join(
                             f"--{k} {v}" for k, v in vars(args).items() if v not in (None, 0))}}, indent=2) + "\n")
     return 0
 

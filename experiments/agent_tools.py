@@ -1,6 +1,6 @@
 """Does the zoom tool help? The smol model on the held-out zoom task, without and with tools.
 
-    nice -n 10 .venv/bin/python benchmarks/agent_tools.py --json runs/bench/agent_tools.json
+    nice -n 10 .venv/bin/python experiments/agent_tools.py --json runs/bench/agent_tools.json
 
 Measured side by side in one run, every image at one 112 px tile (`max_tiles=1`):
 - direct (base): smol answers the question directly (no thinking), scored by the first shape word it writes;

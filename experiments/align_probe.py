@@ -1,9 +1,9 @@
 """Does connector-only alignment make the smol VLM read the image? A cheap check for the demo (issue #6).
 
-    python benchmarks/align_probe.py --data qa --steps 40 --lr 2e-3 [--threads 1] [--json PATH]
-    python benchmarks/align_probe.py --data captions --steps 40 --lr 3e-4
-    python benchmarks/align_probe.py --data short --families compare --steps 60 --lr 1e-3
-    python benchmarks/align_probe.py --data short --families count --policy connector+llm --lr 1e-4 \
+    python experiments/align_probe.py --data qa --steps 40 --lr 2e-3 [--threads 1] [--json PATH]
+    python experiments/align_probe.py --data captions --steps 40 --lr 3e-4
+    python experiments/align_probe.py --data short --families compare --steps 60 --lr 1e-3
+    python experiments/align_probe.py --data short --families count --policy connector+llm --lr 1e-4 \
         --connector-lr 2e-3 --steps 100 --train 400
 
 Builds the `smol` VLM (SmolLM2-135M-Instruct + the cached tower, fresh connector), trains ONLY the connector
