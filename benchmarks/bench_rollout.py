@@ -8,12 +8,14 @@ repetition penalty 1.05, `min_new_tokens` = `max_new_tokens` so every row genera
   (prompt encoding, decoding of the text included);
 - baseline: `vlm.model.generate(...)` on the same encoded batch with transformers' own sampling processors
   (temperature, top_p, repetition_penalty, min_new_tokens);
+- `--engine vllm`: also vLLM (`r1v.rollout.vllm.VLLMEngine`, the CPU build in this process, the same fp32 LLM,
+  one seeded request per row, eager mode unless `--vllm-compiled`), its start-up time reported apart;
 - details: our engine with `backend="hf"` (our processors inside `generate`), plain `Qwen2ForCausalLM.generate`
   on the SmolLM2 folder, and (`--vlm`) the same comparison with one image per row.
 
 Each variant is warmed up once, then run `--repeats` times interleaved with the others; the median counts.
 
-    python benchmarks/bench_rollout.py --json /tmp/bench_rollout.json [--repeats 3] [--vlm]
+    python benchmarks/bench_rollout.py --json /tmp/bench_rollout.json [--repeats 3] [--vlm] [--engine vllm]
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ def main() -> None:
     ap.add_argument("--vlm", action="store_true", help="also one image per row (smol VLM)")
     ap.add_argument("--no-plain", action="store_true", help="skip plain Qwen2ForCausalLM.generate")
     ap.add_argument("--no-engine-hf", action="store_true", help="skip our engine with backend='hf'")
+    ap.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                    help="vllm: add vLLM's engine (CPU build) to the comparison")
+    ap.add_argument("--vllm-compiled", action="store_true", help="vLLM with its compiled graphs (slow start)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -138,6 +143,25 @@ def main() -> None:
             return (out.shape[1] - pb["input_ids"].shape[1]) * out.shape[0]
 
         variants["plain_qwen2_generate"] = plain
+    vllm_start = None
+    if args.engine == "vllm":
+        import tempfile
+
+        from r1v.rollout.vllm import VLLMEngine
+
+        t0 = time.perf_counter()
+        vllm_engine = VLLMEngine.from_vlm(vlm, Path(tempfile.mkdtemp(prefix="bench-vllm-")) / "llm", dtype="float32",
+                                          enforce_eager=not args.vllm_compiled, max_model_len=1024)
+        vllm_start = time.perf_counter() - t0
+        torch.set_num_threads(args.threads)
+
+        def vllm_run(k: int) -> int:
+            groups = vllm_engine.generate(text_samples, params(k), seeds=list(range(len(text_samples))))
+            counts = [len(c.token_ids) for g in groups for c in g]
+            assert all(c == k for c in counts), counts
+            return sum(counts)
+
+        variants["vllm"] = vllm_run
     text = run_variants(variants, args.repeats, new)
     details: dict = {"text": text, "rows": len(text_samples) * args.generations, "new_tokens": new,
                      "threads": args.threads, "repeats": args.repeats, "dtype": "float32", "device": "cpu",
@@ -147,6 +171,14 @@ def main() -> None:
                      "decode_impl": "ours: r1v.rollout.decode, static KV cache, shared prefill, MKL-packed "
                                     "fp32 linears, LM head on the last position only",
                      "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    if vllm_start is not None:
+        import vllm
+
+        details["vllm"] = {"version": vllm.__version__, "start_s": round(vllm_start, 1),
+                           "mode": "compiled graphs" if args.vllm_compiled else "eager",
+                           "ratio_vllm_to_ours": text["vllm"]["tokens_per_s"] / text["ours"]["tokens_per_s"],
+                           "ratio_vllm_to_hf_generate": text["vllm"]["tokens_per_s"]
+                           / text["hf_generate"]["tokens_per_s"]}
     if args.vlm:
         from PIL import Image
 
@@ -171,6 +203,10 @@ def main() -> None:
         if isinstance(r, dict):
             print(f"{'vlm ' + name:<28}{r['tokens_per_s']:>10.1f}   {r['seconds']}")
     print(f"ratio ours/hf_generate: {result['ratio']:.2f}  (load {details['load_avg_1min']})")
+    if vllm_start is not None:
+        v = details["vllm"]
+        print(f"vLLM {v['version']} ({v['mode']}): start {v['start_s']} s; vllm/ours {v['ratio_vllm_to_ours']:.2f}, "
+              f"vllm/hf_generate {v['ratio_vllm_to_hf_generate']:.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

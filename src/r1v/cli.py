@@ -294,6 +294,7 @@ def serve(
     device: Annotated[str, typer.Option(help="Torch device for --engine transformers.")] = "cpu",
     quantize: Annotated[str | None, typer.Option(help="Quantise the LLM's weights for inference: int8 or int4 (bitsandbytes; the vision tower and connector stay full precision).")] = None,
     drain_timeout: Annotated[float, typer.Option(help="On SIGTERM/Ctrl-C: stop accepting, let in-flight requests finish for up to this many seconds.")] = 60.0,
+    vllm_arg: Annotated[list[str] | None, typer.Option(help="--engine vllm: one more `vllm serve` argument (repeatable), e.g. --vllm-arg=--enforce-eager.")] = None,
 ) -> None:
     """Serve a model with an OpenAI-compatible API (/v1/chat/completions) and a web chat page (/)."""
     from r1v.serve.app import ServeSettings
@@ -306,7 +307,31 @@ def serve(
     try:
         run_server(model=model, host=host, port=port, api_key=api_key, engine=engine, settings=settings,
                    device=device, tensor_parallel_size=tensor_parallel_size, quantize=quantize,
-                   drain_timeout_s=drain_timeout)
+                   drain_timeout_s=drain_timeout, vllm_args=list(vllm_arg or []))
+    except R1VError as e:
+        _fail(e)
+
+
+@app.command(name="rollout-server")
+def rollout_server(
+    model: Annotated[str, typer.Option(help="A model folder or preset (the policy's starting weights).")],
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8001,
+    text_only: Annotated[bool, typer.Option("--text-only", help="Serve the LLM alone (text prompts; vLLM's CPU build).")] = False,
+    dtype: Annotated[str, typer.Option(help="Weights' dtype in vLLM (bfloat16, float16, float32).")] = "bfloat16",
+    kv_cache_gib: Annotated[float | None, typer.Option(help="KV cache size (CPU: default 0.5).")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Longest prompt + completion.")] = None,
+    gpu_memory_utilization: Annotated[float, typer.Option(help="Share of each GPU's memory vLLM takes.")] = 0.9,
+    tensor_parallel_size: Annotated[int, typer.Option(help="GPUs per model.")] = 1,
+    enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No compiled graphs (faster start).")] = False,
+) -> None:
+    """Serve rollouts with vLLM to GRPO trainer processes over HTTP (`engine: vllm`, `vllm.server_url`)."""
+    from r1v.rollout.server import run_rollout_server
+
+    try:
+        run_rollout_server(model, host=host, port=port, text_only=text_only, dtype=dtype, kv_cache_gib=kv_cache_gib,
+                           max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                           tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager)
     except R1VError as e:
         _fail(e)
 
@@ -335,6 +360,7 @@ def eval_(
                                         "with --data N: the held-out zoom task).")] = False,
     max_turns: Annotated[int, typer.Option(help="Agent mode: model turns per episode.")] = 4,
     quantize: Annotated[str | None, typer.Option(help="Quantise the LLM's weights for inference: int8 or int4 (bitsandbytes; the vision tower and connector stay full precision).")] = None,
+    engine: Annotated[str, typer.Option(help="'transformers' (our decode loop) or 'vllm' (docs/vllm.md).")] = "transformers",
 ) -> None:
     """Generate answers for a benchmark and score them with its own rule (resumable)."""
     from r1v.eval.report import markdown
@@ -356,7 +382,7 @@ def eval_(
                      max_think_tokens=max_think_tokens, max_tiles=max_tiles, think=not no_think,
                      temperature=temperature, top_p=top_p,
                      repetition_penalty=repetition_penalty, seed=seed, judge_url=judge_url, judge_model=judge_model,
-                     quantize=quantize)
+                     quantize=quantize, engine=engine)
     try:
         summary = evaluate(cfg)
     except R1VError as e:

@@ -8,13 +8,15 @@ generating stage writes) must equal the uninterrupted run's exactly, and no half
 picked up (`.tmp-*` folders are never loaded).
 
 The fast variant kills each stage once; `-m slow` runs three kills per stage, each resumed run killed again
-before it finishes where the moment allows.
+before it finishes where the moment allows. On a shared machine the wall time changes from run to run: when
+a fresh run finishes before its kill, it is started over with a moment drawn from its own duration.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,17 +85,19 @@ def run(stage: str, out: Path, resume: bool = False) -> float:
     return time.perf_counter() - started
 
 
-def killed_run(stage: str, out: Path, after_s: float, resume: bool) -> bool:
-    """Start the stage and SIGKILL its whole process group after `after_s`; True if it was still running."""
+def killed_run(stage: str, out: Path, after_s: float, resume: bool) -> float | None:
+    """Start the stage and SIGKILL its whole process group after `after_s`; None if it was killed, else the
+    seconds it took to finish first."""
+    started = time.perf_counter()
     proc = subprocess.Popen(command(stage, out, resume), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=ENV, start_new_session=True)
     try:
         proc.wait(timeout=after_s)
-        return False
+        return time.perf_counter() - started
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        return True
+        return None
 
 
 def artefacts(stage: str, out: Path) -> dict[str, object]:
@@ -129,10 +133,19 @@ def chaos(stage: str, tmp: Path, kills: int, seed: int) -> list[float]:
     reference = artefacts(stage, tmp / "whole")
     moments = []
     out = tmp / "killed"
-    for k in range(kills):
-        at = rng.uniform(0.1, 0.95) * whole
-        if killed_run(stage, out, at, resume=k > 0):  # False: it finished first (a resumed run is shorter)
+    estimate = whole
+    for _ in range(kills + 3):  # a few extra draws for moments that land after the run finished
+        if len(moments) == kills:
+            break
+        at = rng.uniform(0.1, 0.95) * estimate
+        took = killed_run(stage, out, at, resume=bool(moments))
+        if took is None:
             moments.append(round(at, 2))
+        elif not moments:  # the first run finished before its kill (the machine got faster): start over
+            shutil.rmtree(out, ignore_errors=True)
+            estimate = took
+        else:  # a resumed run finished first: it is done, no later kill can land
+            break
     run(stage, out, resume=True)
     differs = same(reference, artefacts(stage, out))
     print(f"chaos {stage}: uninterrupted {whole:.1f} s, killed at {moments} s (seed {seed}): "

@@ -35,7 +35,7 @@ class ScriptedEngine:
     def __init__(self, reply) -> None:
         self.reply, self.calls = reply, []
 
-    def generate(self, samples, params):
+    def generate(self, samples, params, seeds=None):
         self.calls.append((list(samples), params))
         return [[completion(self.reply(s, j)) for j in range(params.n)] for s in samples]
 

@@ -47,7 +47,7 @@ class ScriptedTeacher:
     def __init__(self) -> None:
         self.calls = []
 
-    def generate(self, samples, params):
+    def generate(self, samples, params, seeds=None):
         self.calls.append((list(samples), params))
         assert params.n == 10
         return [script(s.answer) for s in samples]

@@ -91,3 +91,53 @@ def test_cli_rejects_unknown_engine_and_missing_model() -> None:
     assert res.exit_code == 2 and "--engine must be" in res.output
     res = CliRunner().invoke(app, ["serve", "--model", "/no/such/folder"])
     assert res.exit_code == 2 and "no such folder" in res.output
+
+
+@pytest.mark.vllm
+def test_vllm_serve_answers_the_openai_client_with_the_reasoning_apart(tmp_path) -> None:
+    """The real `vllm serve` (CPU build) started by `r1v serve --engine vllm` on a text-only checkpoint: the official
+    client gets the thought apart from the answer. vLLM >= 0.11 names the field `reasoning` (it was
+    `reasoning_content`, the name our own server and DeepSeek's API use); see docs/vllm.md."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import openai
+
+    from r1v.model.build import build_preset
+    from r1v.rollout.vllm import export_llm
+
+    folder = export_llm(build_preset("tiny64"), tmp_path / "tiny64-llm")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "r1v.cli", "serve", "--engine", "vllm", "--model", str(folder),
+                             "--port", str(port), "--vllm-arg=--dtype=float32", "--vllm-arg=--enforce-eager",
+                             "--vllm-arg=--max-model-len=512"], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(2)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        reply = client.chat.completions.create(model="tiny64-llm", messages=[{"role": "user", "content": "Hi?"}],
+                                               max_tokens=12, temperature=0)
+        msg = reply.choices[0].message
+        extra = msg.model_extra or {}
+        reasoning = extra.get("reasoning") or extra.get("reasoning_content")
+        # the thinking pre-fill opens the thought and a random model never closes it: all of it is reasoning
+        assert isinstance(reasoning, str) and reasoning and not msg.content
+        assert reply.usage.completion_tokens == 12 and reply.choices[0].finish_reason == "length"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()

@@ -43,7 +43,7 @@ def generate(model: Any, samples: Sequence[Sample], params: SamplingParams | Bat
     one `SamplingParams` for every call, or a `BatchParams` building each call's from the sample range.
     `on_batch(done)` is told how many of this process's samples are done after each call. `gather=False`
     returns this process's share only. `progress` (a description) shows a progress bar with an ETA
-    (`r1v.progress`) on `console`, on the main process."""
+    (`r1v.progress`) on `console`."""
     from r1v.progress import progress_bar
     from r1v.rollout.engine import TransformersEngine
 

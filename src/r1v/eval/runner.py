@@ -64,6 +64,8 @@ class EvalConfig:
     judge_model: str | None = None
     quantize: str | None = None
     """Quantise the LLM's weights on load: 'int8' or 'int4' (`r1v.model.quantize`); None: as saved."""
+    engine: str = "transformers"
+    """'transformers' (our decode loop) or 'vllm' (docs/vllm.md; text-only benchmarks on vLLM's CPU build)."""
 
     def validate(self) -> None:
         if self.runs < 1:
@@ -78,6 +80,10 @@ class EvalConfig:
             raise ConfigError("max_tiles must be >= 1")
         if self.quantize not in (None, "int8", "int4"):
             raise ConfigError(f"quantize must be 'int8' or 'int4', got {self.quantize!r}")
+        if self.engine not in ("transformers", "vllm"):
+            raise ConfigError(f"engine must be 'transformers' or 'vllm', got {self.engine!r}")
+        if self.engine == "vllm" and self.quantize is not None:
+            raise ConfigError("--quantize is for --engine transformers; vLLM runs a quantised checkpoint folder")
 
 
 # ------------------------------------------------------------------------------------- output files
@@ -298,7 +304,12 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
             vlm = load_vlm(cfg.model, quantize=cfg.quantize)
         if cfg.max_tiles is not None:
             vlm.spec = replace(vlm.spec, max_tiles=cfg.max_tiles, min_tiles=min(vlm.spec.min_tiles, cfg.max_tiles))
-        engine = TransformersEngine(vlm)
+        if cfg.engine == "vllm":
+            from r1v.rollout.vllm import VLLMEngine
+
+            engine = VLLMEngine.from_vlm(vlm, cfg.out / "vllm_model", text_only=not any(s.images for s in samples))
+        else:
+            engine = TransformersEngine(vlm)
     # the run folder is created only once the data and the model are known to be good
     if rank == 0:
         atomic_write_text(cfg.out / "config.json", json.dumps(_jsonable(cfg.__dict__), indent=2))
@@ -344,7 +355,7 @@ def evaluate(cfg: EvalConfig, *, engine=None, score_fn: Callable | None = None,
                      "max_tiles": cfg.max_tiles,
                      "temperature": cfg.temperature, "top_p": cfg.top_p,
                      "repetition_penalty": cfg.repetition_penalty, "think": cfg.think, "seed": cfg.seed,
-                     "quantize": cfg.quantize},
+                     "quantize": cfg.quantize, "engine": cfg.engine},
     }
     write_eval_report(summary, cfg.out)
     return summary

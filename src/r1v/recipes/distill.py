@@ -194,7 +194,7 @@ def self_distill(student: Any, samples: Sequence[Sample], penalty: Sequence[floa
     groups = generate(student, samples, lambda lo, hi: SamplingParams(
         max_new_tokens=gen.max_new_tokens, max_think_tokens=gen.max_think_tokens, temperature=gen.temperature,
         top_p=gen.top_p, repetition_penalty=[float(x) for x in penalty[lo:hi]], n=1, seed=cfg.seed),
-        batch_size=gen.batch_size, progress="student chains")
+        batch_size=gen.batch_size, progress="student: own chains")
     return [g[0] for g in groups]
 
 
@@ -208,7 +208,7 @@ def revise(teacher: Any, samples: Sequence[Sample], chains: list[Completion | No
     groups = generate(teacher, [with_hint(samples[i]) for i in wrong], lambda lo, hi: SamplingParams(
         max_new_tokens=tc.max_new_tokens, max_think_tokens=gen.max_think_tokens, temperature=tc.temperature,
         top_p=gen.top_p, repetition_penalty=wrong_p[lo:hi], n=tc.attempts, seed=cfg.seed + 1000),
-        batch_size=gen.batch_size, progress="teacher revisions")
+        batch_size=gen.batch_size, progress="teacher: revising")
     flat_ok = iter(verified([samples[i] for i, g in zip(wrong, groups, strict=True) for _ in g],
                             [c for g in groups for c in g]))
     for i, g in zip(wrong, groups, strict=True):

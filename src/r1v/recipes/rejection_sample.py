@@ -154,7 +154,8 @@ def run_with(cfg: RejectionSampleConfig, teacher: Any, console: Console | None =
     groups = generate(teacher, samples, lambda lo, hi: SamplingParams(
         max_new_tokens=gen.max_new_tokens, max_think_tokens=gen.max_think_tokens, temperature=gen.temperature,
         top_p=gen.top_p, repetition_penalty=[float(cfg.repetition_penalty)] * (hi - lo), n=cfg.samples_per_prompt,
-        seed=cfg.seed), batch_size=gen.batch_size, progress=f"teacher: {cfg.samples_per_prompt} answers per prompt")
+        seed=cfg.seed), batch_size=gen.batch_size,
+        progress=f"teacher: {cfg.samples_per_prompt} chains per prompt")
     flat_ok = iter(verified([s for s, g in zip(samples, groups, strict=True) for _ in g],
                             [c for g in groups for c in g]))
     counts: Counter[str] = Counter()

@@ -42,6 +42,7 @@ which frees the weights' and KV cache's memory for the update, and `wake_up()` b
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -58,6 +59,12 @@ from r1v.rollout import engine as ours
 from r1v.rollout.engine import Completion, SamplingParams
 from r1v.rollout.streams import stream_key
 
+log = logging.getLogger(__name__)
+
+#: the KV cache of the CPU build when none is given (its default, a fraction of the host's memory, fails to
+#: start when other processes hold memory)
+CPU_KV_CACHE_GIB = 0.5
+
 #: the prefix of the LLM's tensors in an InternVL model, and what a plain causal LM calls them
 LLM_PREFIX, CAUSAL_PREFIX = "model.language_model.", "model."
 
@@ -72,10 +79,24 @@ def _import_vllm() -> Any:
 
 
 def _load_on_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> int:
-    """Runs inside each vLLM worker: load `(name, tensor)` pairs with the model's own loader."""
+    """Runs inside each vLLM worker: load `(name, tensor)` pairs in checkpoint format. vLLM >= 0.20 reloads in
+    place layer by layer (`reload_weights`: back to checkpoint layout, the model's loader, then the kernels'
+    re-packing, which the CPU build applies to every linear); older ones load straight into the parameters."""
     runner = getattr(worker, "model_runner", None) or worker.worker.model_runner
-    runner.model.load_weights(weights=weights)
+    if hasattr(runner, "reload_weights"):
+        runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+    else:
+        runner.model.load_weights(weights=weights)
     return len(weights)
+
+
+def _layer_key(name: str) -> str:
+    """The decoder layer a tensor belongs to (`...layers.3.`), else its module: a chunk never splits one, since
+    vLLM fuses q/k/v and gate/up of a layer and re-packs a layer once all of its tensors arrived."""
+    head, sep, tail = name.partition("layers.")
+    if sep:
+        return head + sep + tail.split(".", 1)[0]
+    return name.rsplit(".", 1)[0]
 
 
 def _sampled_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float] | None:
@@ -86,17 +107,21 @@ def _sampled_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float] | 
 
 
 def weight_chunks(named: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> Iterable[list[tuple[str, torch.Tensor]]]:
-    """Group `(name, tensor)` pairs into CPU chunks of at most `max_bytes` (a larger tensor goes alone)."""
+    """Group `(name, tensor)` pairs into CPU chunks of about `max_bytes`, cut only between decoder layers (or
+    modules outside them; see `_layer_key`), so a chunk can exceed the limit by one layer."""
     chunk: list[tuple[str, torch.Tensor]] = []
     size = 0
+    key = None
     for name, t in named:
         t = t.detach().to("cpu").contiguous()
         nbytes = t.numel() * t.element_size()
-        if chunk and size + nbytes > max_bytes:
+        new_key = _layer_key(name)
+        if chunk and size + nbytes > max_bytes and new_key != key:
             yield chunk
             chunk, size = [], 0
         chunk.append((name, t))
         size += nbytes
+        key = new_key
     if chunk:
         yield chunk
 
@@ -125,13 +150,14 @@ def trained_tensors(model: torch.nn.Module, everything: bool = False) -> dict[st
 
 
 def llm_only_names(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An InternVL model's tensors renamed for its LLM alone (`model.language_model.X` -> `model.X`,
-    `lm_head.*` kept); vision tower and connector tensors dropped (a text-only engine has no use for them)."""
+    """An InternVL model's tensors renamed for its LLM alone (`model.language_model.X` -> `model.X`, `lm_head.*`
+    kept), vision tower and connector tensors dropped (a text-only engine has no use for them); a plain causal
+    LM's names stay as they are."""
     out = {}
     for n, t in named.items():
         if n.startswith(LLM_PREFIX):
             out[CAUSAL_PREFIX + n[len(LLM_PREFIX):]] = t
-        elif n.startswith("lm_head."):
+        elif not n.startswith(("model.vision_tower.", "model.multi_modal_projector.")):
             out[n] = t
     return out
 
@@ -189,6 +215,8 @@ class VLLMEngine:
         self.vllm = vllm
         if enable_sleep_mode:
             llm_kwargs["enable_sleep_mode"] = True
+        if kv_cache_gib is None and not torch.cuda.is_available():
+            kv_cache_gib = CPU_KV_CACHE_GIB
         if kv_cache_gib is not None:  # an explicit KV size (CPU: the memory fraction's check fails on busy hosts)
             llm_kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
         self.llm = vllm.LLM(model=str(model_path), tensor_parallel_size=tensor_parallel_size,
@@ -202,6 +230,7 @@ class VLLMEngine:
         self.image_placeholder = image_placeholder
         self.sync_chunk_bytes = sync_chunk_bytes
         self.text_only = text_only
+        self.sleep_after_generate = enable_sleep_mode  # colocated: memory back to the trainer between rollouts
         self.sleeping = False
         self.prompt_fn = prompt_fn
         self.close_ids = self.tokenizer.encode(ours.THINK_CLOSE, add_special_tokens=False)
@@ -213,9 +242,10 @@ class VLLMEngine:
     @classmethod
     def from_vlm(cls, vlm: Any, folder: str | Path, *, text_only: bool = True, **kwargs: Any) -> VLLMEngine:
         """An engine on `vlm`'s current weights, written to `folder` first (its LLM alone when `text_only`,
-        else the whole InternVL folder), with our processor for the prompts."""
+        else the whole InternVL folder), with our processor for the prompts; dtype: the model's unless given."""
         from r1v.processing.processor import Processor
 
+        kwargs.setdefault("dtype", str(next(vlm.model.parameters()).dtype).removeprefix("torch."))
         if text_only:
             path = export_llm(vlm, folder)
         else:
@@ -223,7 +253,8 @@ class VLLMEngine:
 
             model = vlm.model.merge_and_unload() if hasattr(vlm.model, "merge_and_unload") else vlm.model
             path = save_model(type(vlm)(model, vlm.tokenizer, vlm.spec, vlm.name, vlm.provenance), folder)
-        return cls(path, processor=Processor(vlm.tokenizer, vlm.spec), text_only=text_only, **kwargs)
+        processor = kwargs.pop("processor", None) or Processor(vlm.tokenizer, vlm.spec)
+        return cls(path, processor=processor, text_only=text_only, **kwargs)
 
     # ------------------------------------------------------------------------------------ prompts
     def render(self, sample: Sample, think: bool) -> str:
@@ -257,7 +288,7 @@ class VLLMEngine:
     def _sampling(self, params: SamplingParams, max_tokens: int, seed: int | None, penalty: float,
                   min_tokens: int = 0) -> Any:
         return self.vllm.SamplingParams(
-            n=1, max_tokens=max_tokens, min_tokens=min(min_tokens, max_tokens), temperature=params.temperature,
+            n=1, max_tokens=max_tokens, min_tokens=max(0, min(min_tokens, max_tokens)), temperature=params.temperature,
             top_p=params.top_p, top_k=params.top_k if params.top_k > 0 else -1, repetition_penalty=penalty,
             seed=seed, stop=list(params.stop) or None, include_stop_str_in_output=True,
             stop_token_ids=self.stop_ids, logit_bias={i: -100.0 for i in self.banned_ids} or None,
@@ -307,6 +338,8 @@ class VLLMEngine:
         groups: list[list[Completion]] = [[] for _ in samples]
         for i, prompt_ids, ids, lps, finish, _seed, _pen in rows:
             groups[i].append(self._completion(prompt_ids, ids, lps, finish, params))
+        if self.sleep_after_generate:
+            self.sleep()
         return groups
 
     def _continue(self, rows: list[list[Any]], requests: list[dict], params: SamplingParams) -> None:
@@ -363,12 +396,16 @@ class VLLMEngine:
 
         A text-only engine gets the LLM's tensors renamed for a plain causal LM; `name_map` renames further
         when the trainer's names differ from the checkpoint names vLLM's loader expects."""
-        start = time.perf_counter()
         named = trained_tensors(model, everything)
         if self.text_only:
             named = llm_only_names(named)
         if name_map is not None:
             named = {name_map(n): t for n, t in named.items()}
+        return self.load_tensors(named)
+
+    def load_tensors(self, named: dict[str, torch.Tensor]) -> int:
+        """Load `(checkpoint name -> tensor)` into every worker, in chunks; times it into `last_sync`."""
+        start = time.perf_counter()
         if self.sleeping:
             self.wake_up()
         sent = nbytes = 0
@@ -378,6 +415,7 @@ class VLLMEngine:
             nbytes += sum(t.numel() * t.element_size() for _, t in chunk)
         self.llm.reset_prefix_cache()
         self.last_sync = SyncStats(sent, nbytes, time.perf_counter() - start)
+        log.info("vLLM weight sync: %d tensors, %.1f MB, %.2f s", sent, nbytes / 1e6, self.last_sync.seconds)
         return sent
 
     def sleep(self, level: int = 1) -> None:

