@@ -30,7 +30,6 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-SHARED = Path(os.environ.get("R1V_SHARED_DATA", REPO.parent / "shared" / "data"))
 FAST = ["train.progress=false", "train.plots=false", "train.report_to=[jsonl]", "train.device=cpu"]
 
 # stage -> (yaml, overrides with {out}, resume override, artefacts relative to {out})
@@ -61,7 +60,7 @@ STAGES: dict[str, tuple[str, list[str], list[str], list[str]]] = {
                          ["data.jsonl"]),
     "pipeline": ("demo.yaml", ["scale=tiny", "out_dir={out}"], ["resume=true"], ["grpo/final", "sft/final"]),
     # not a training stage: `r1v eval` (no config file) resumes from the items its run files hold
-    "eval": ("", ["--model", "tiny", "--benchmark", "k12", "--data", str(SHARED / "k12"), "--limit", "8",
+    "eval": ("", ["--model", "tiny", "--benchmark", "k12", "--data", "{data}/k12", "--limit", "8",
                   "--runs", "2", "--max-new-tokens", "6", "--max-tiles", "1", "--temperature", "0.6",
                   "--batch-size", "2", "--out", "{out}"], [],
              ["report.json", "report.md", "run_1.jsonl", "run_2.jsonl", "run_1.official.json"]),
@@ -70,9 +69,12 @@ FAST_KILLS = 1
 SLOW_KILLS = 3
 
 
+DATA: Path | None = None  # the shared benchmark data (the `shared_data` fixture's folder), for `r1v eval`
+
+
 def command(stage: str, out: Path, resume: bool) -> list[str]:
     yaml, overrides, resume_args, _ = STAGES[stage]
-    args = [o.format(out=out) for o in overrides] + (resume_args if resume else [])
+    args = [o.format(out=out, data=DATA) for o in overrides] + (resume_args if resume else [])
     if not yaml:  # `r1v <stage> ARGS`, resumed by running the same command again
         return [sys.executable, "-m", "r1v.cli", stage, *args]
     return [sys.executable, "-m", "r1v.cli", "train", stage, "--config", str(CONFIGS / yaml), *args]
@@ -155,12 +157,22 @@ def chaos(stage: str, tmp: Path, kills: int, seed: int) -> list[float]:
     return moments
 
 
+def use_shared_data(stage: str, request: pytest.FixtureRequest) -> None:
+    """`r1v eval` reads the shared benchmark data: take its folder from the `shared_data` fixture (which
+    skips where the data is absent)."""
+    global DATA
+    if stage == "eval":
+        DATA = request.getfixturevalue("shared_data")
+
+
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_a_kill_at_a_random_moment_resumes_bit_identical(tmp_path: Path, stage: str) -> None:
+def test_a_kill_at_a_random_moment_resumes_bit_identical(tmp_path: Path, stage: str, request) -> None:
+    use_shared_data(stage, request)
     chaos(stage, tmp_path, FAST_KILLS, seed=int(os.environ.get("R1V_CHAOS_SEED", "0")))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_three_kills_per_stage_resume_bit_identical(tmp_path: Path, stage: str) -> None:
+def test_three_kills_per_stage_resume_bit_identical(tmp_path: Path, stage: str, request) -> None:
+    use_shared_data(stage, request)
     chaos(stage, tmp_path, SLOW_KILLS, seed=int(os.environ.get("R1V_CHAOS_SEED", "1")))

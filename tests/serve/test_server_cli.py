@@ -12,24 +12,32 @@ import httpx
 import openai
 
 
-def test_r1v_serve_process_end_to_end() -> None:
+def start_serve(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`r1v serve --model tiny ARGS` on a free loopback port, once /health answers; (the process, its URL)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "R1V_API_KEY": "env-key"}
     proc = subprocess.Popen([sys.executable, "-c", "from r1v.cli import app; app()", "serve", "--model", "tiny",
-                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--port", str(port), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read())
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("server did not start")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+
+
+def test_r1v_serve_process_end_to_end() -> None:
+    proc, url = start_serve(env={**os.environ, "R1V_API_KEY": "env-key"})
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "server did not start"
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         assert httpx.get(url + "/v1/models").status_code == 401  # the key came from R1V_API_KEY
         client = openai.OpenAI(base_url=url + "/v1", api_key="env-key", max_retries=0)
         r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
@@ -47,30 +55,15 @@ def test_sigterm_drains_the_requests_in_flight() -> None:
     import signal
     import threading
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", "from r1v.cli import app; app()", "serve", "--model", "tiny",
-                             "--port", str(port), "--max-batch", "1", "--drain-timeout", "120"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    # max-batch 1: the three requests run one after another; 256 tokens each keeps them in flight at the signal
+    proc, url = start_serve("--max-batch", "1", "--drain-timeout", "120")
     answers: list[object] = []
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "server did not start"
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-
         def ask() -> None:
             try:
                 r = httpx.post(url + "/v1/chat/completions", timeout=300,
                                json={"model": "tiny", "messages": [{"role": "user", "content": "count"}],
-                                     "max_tokens": 48, "temperature": 0})
+                                     "max_tokens": 256, "temperature": 0})
                 answers.append(r)
             except httpx.HTTPError as e:
                 answers.append(e)
@@ -102,7 +95,7 @@ def test_sigterm_drains_the_requests_in_flight() -> None:
     for r in answers:
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["finish_reason"] in ("stop", "length")
-        assert 0 < r.json()["usage"]["completion_tokens"] <= 48
+        assert 0 < r.json()["usage"]["completion_tokens"] <= 256
     # uvicorn re-raises the signal once drained, so the exit is "terminated by SIGTERM", as supervisors expect
     assert code in (0, -signal.SIGTERM) and "Traceback" not in out, out[-2000:]
     assert out.index("Waiting for connections to close") < out.index("Application shutdown complete")
